@@ -1,0 +1,244 @@
+"""Converts one candidate image into the fields of one record, or a reason to skip it.
+
+This is the converter's per-image work, run in worker processes: read the file once, open it
+with Pillow once (header, embedded EXIF, decode), check it, bin its EXIF, and keep the original
+JPEG bytes whenever TensorFlow can decode them as they are. It imports no TensorFlow so that the
+workers start fast and stay small.
+
+Every file ends as exactly one `Converted` with ``record`` set, or with ``skip_reason`` set to one
+of `SKIP_REASONS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import warnings
+from typing import Optional
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from exif_keras import exif as exif_lib
+from exif_keras import labels
+from exif_keras.sources import Item
+
+SKIP_REASONS = {
+    "unreadable": "the file could not be read (permissions, I/O error, vanished)",
+    "empty_file": "the file has zero bytes",
+    "not_an_image": "Pillow does not recognise the bytes as an image",
+    "decompression_bomb": "width x height exceeds --max_pixels",
+    "corrupt_image": "the image is truncated or its data does not decode",
+    "too_small": "the shorter side is below --min_side",
+    "no_label": "no field (shutter, aperture, iso) has a class",
+}
+
+# What the converter does when the bytes are not a plain RGB/greyscale JPEG.
+CONVERTED_REASONS = {
+    "jpeg_cmyk": "a CMYK or YCCK JPEG, re-encoded as RGB",
+    "jpeg_other_mode": "a JPEG in a mode other than RGB or L, re-encoded as RGB",
+    "not_jpeg": "another format under a JPEG name (PNG, GIF, ...), re-encoded as JPEG",
+}
+
+REENCODE_QUALITY = 95
+SPLIT_FRACTIONS = (("train", 0.8), ("validation", 0.9), ("test", 1.0))
+
+
+def stable_hash(source_id: str) -> int:
+    """A 64-bit hash of the image id that never changes between runs, machines or Python versions."""
+    return int.from_bytes(hashlib.sha256(source_id.encode("utf-8")).digest()[:8], "big")
+
+
+def split_of(source_id: str) -> str:
+    """80/10/10 split by the image id alone: adding images never moves an old one."""
+    fraction = stable_hash(source_id) / 2.0 ** 64
+    for split, upper in SPLIT_FRACTIONS:
+        if fraction < upper:
+            return split
+    return "test"
+
+
+def shard_of(source_id: str, num_shards: int) -> int:
+    """Shard within the split, from other bits of the hash than the split."""
+    digest = hashlib.sha256(("shard:" + source_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % num_shards
+
+
+@dataclasses.dataclass
+class Options:
+    min_side: int = 128
+    max_pixels: int = 64_000_000
+    pixel_stats: bool = True   # accumulate per-channel sums (training split only)
+
+
+@dataclasses.dataclass
+class Record:
+    encoded: bytes
+    height: int
+    width: int
+    exposure_time: Optional[float]
+    f_number: Optional[float]
+    iso: Optional[float]
+    labels: dict
+    converted: Optional[str] = None                  # a CONVERTED_REASONS key
+    channel_sum: Optional[np.ndarray] = None         # float64 [3]
+    channel_sumsq: Optional[np.ndarray] = None       # float64 [3]
+    pixels: int = 0
+
+
+@dataclasses.dataclass
+class Converted:
+    source_id: str
+    path: str
+    split: str
+    record: Optional[Record] = None
+    skip_reason: Optional[str] = None
+    detail: str = ""
+    problems: tuple = ()          # EXIF problems noticed (exif.ExifReading.problems)
+    exif_sources: tuple = ()      # e.g. ("exposure_time", "f_number") or APEX sources used
+
+
+def _settings_from_text(item: Item) -> tuple[exif_lib.Settings, list[str]]:
+    """Reads the item's EXIF text files in order of preference; later ones fill gaps only."""
+    problems: list[str] = []
+    merged = {"exposure_time": None, "f_number": None, "iso": None,
+              "exposure_source": None, "aperture_source": None}
+    for variant, path in item.exif_paths:
+        reading = exif_lib.read_exif_text_file(path, variant=variant)
+        problems.extend(f"{variant}:{p}" if variant in ("clean", "raw") else p
+                        for p in reading.problems)
+        settings = reading.settings()
+        if merged["exposure_time"] is None and settings.exposure_time is not None:
+            merged["exposure_time"] = settings.exposure_time
+            merged["exposure_source"] = settings.exposure_source
+        if merged["f_number"] is None and settings.f_number is not None:
+            merged["f_number"] = settings.f_number
+            merged["aperture_source"] = settings.aperture_source
+        if merged["iso"] is None and settings.iso is not None:
+            merged["iso"] = settings.iso
+    return exif_lib.Settings(**merged), problems
+
+
+def _encoded_for_tf(data: bytes, image: Image.Image) -> tuple[bytes, Optional[str]]:
+    """The bytes to store: the original when TF decodes them as they are, else one re-encode."""
+    fmt = (image.format or "").upper()
+    if fmt in ("JPEG", "MPO") and image.mode in ("RGB", "L"):
+        return data, None
+    if fmt in ("JPEG", "MPO"):
+        reason = "jpeg_cmyk" if image.mode in ("CMYK", "YCbCr") else "jpeg_other_mode"
+    else:
+        reason = "not_jpeg"
+    rgb = image.convert("RGB") if image.mode not in ("RGBA", "LA", "PA", "P") else \
+        _flatten_alpha(image)
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=REENCODE_QUALITY)
+    return out.getvalue(), reason
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def _quiet_pillow() -> None:
+    """Pillow warns about corrupt EXIF and malformed MPO files; those are counted, not printed.
+    A decompression-bomb warning becomes an error (and a skip reason)."""
+    warnings.simplefilter("ignore")
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def convert_item(item: Item, options: Options) -> Converted:
+    """Never raises for bad input: every failure becomes a skip reason."""
+    split = split_of(item.source_id)
+    result = Converted(item.source_id, item.image_path, split)
+
+    def skip(reason: str, detail: str = "") -> Converted:
+        result.skip_reason = reason
+        result.detail = detail[:200]
+        return result
+
+    # Text EXIF is cheap: bin it first and don't decode images nobody can learn from.
+    settings = None
+    if not item.embedded_exif:
+        settings, problems = _settings_from_text(item)
+        result.problems = tuple(problems)
+        if all(v < 0 for v in labels.classify_all(
+                settings.exposure_time, settings.f_number, settings.iso).values()):
+            return skip("no_label", "EXIF text gives no usable shutter, aperture or ISO")
+
+    try:
+        with open(item.image_path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return skip("unreadable", f"{type(e).__name__}: {e}")
+    if not data:
+        return skip("empty_file")
+
+    Image.MAX_IMAGE_PIXELS = options.max_pixels
+    try:
+        with warnings.catch_warnings():
+            _quiet_pillow()
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return skip("decompression_bomb", str(e))
+    except UnidentifiedImageError as e:
+        return skip("not_an_image", str(e))
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on garbage headers
+        return skip("corrupt_image", f"{type(e).__name__}: {e}")
+
+    with image:
+        width, height = image.size
+        if width * height > options.max_pixels:
+            return skip("decompression_bomb", f"{width}x{height} pixels")
+        if item.embedded_exif:
+            with warnings.catch_warnings():
+                _quiet_pillow()
+                reading = exif_lib.read_embedded_exif(image)
+            result.problems = tuple(reading.problems)
+            settings = reading.settings()
+            if all(v < 0 for v in labels.classify_all(
+                    settings.exposure_time, settings.f_number, settings.iso).values()):
+                return skip("no_label", "embedded EXIF gives no usable shutter, aperture or ISO")
+        if min(width, height) < options.min_side:
+            return skip("too_small", f"{width}x{height} < {options.min_side}")
+        try:
+            with warnings.catch_warnings():
+                _quiet_pillow()
+                image.load()
+        except Exception as e:  # noqa: BLE001 - truncated, corrupt, unsupported coding
+            return skip("corrupt_image", f"{type(e).__name__}: {e}")
+        try:
+            encoded, converted = _encoded_for_tf(data, image)
+            record = Record(encoded=encoded, height=height, width=width,
+                            exposure_time=settings.exposure_time, f_number=settings.f_number,
+                            iso=settings.iso,
+                            labels=labels.classify_all(settings.exposure_time, settings.f_number,
+                                                       settings.iso),
+                            converted=converted)
+            if options.pixel_stats and split == "train":
+                rgb = image if image.mode == "RGB" else image.convert("RGB")
+                pixels = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
+                record.channel_sum = pixels.sum(axis=0)
+                record.channel_sumsq = np.square(pixels).sum(axis=0)
+                record.pixels = pixels.shape[0]
+        except Exception as e:  # noqa: BLE001 - a mode Pillow cannot convert
+            return skip("corrupt_image", f"{type(e).__name__}: {e}")
+    result.record = record
+    result.exif_sources = tuple(s for s in (settings.exposure_source, settings.aperture_source) if s)
+    return result
+
+
+def convert_path(args: tuple[Item, Options]) -> Converted:
+    """Pool entry point (one picklable argument)."""
+    item, options = args
+    try:
+        return convert_item(item, options)
+    except MemoryError:
+        result = Converted(item.source_id, item.image_path, split_of(item.source_id))
+        result.skip_reason = "decompression_bomb"
+        result.detail = "MemoryError while decoding"
+        return result
+

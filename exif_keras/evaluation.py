@@ -1,0 +1,87 @@
+"""Evaluation: predictions over a split, confusion matrices, per-class accuracy, and their pictures
+(a PNG beside metrics.json, the same image in TensorBoard)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def predict_split(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (labels [N], probabilities [N, R]) in dataset order, in one pass."""
+    ys, ps = [], []
+    for patches, y in dataset:
+        ps.append(np.asarray(model.predict_on_batch(patches), dtype=np.float32))
+        ys.append(np.asarray(y))
+    if not ys:
+        return np.zeros([0], np.int64), np.zeros([0, model.output_shape[-1]], np.float32)
+    return np.concatenate(ys).astype(np.int64), np.concatenate(ps)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows: true class, columns: predicted class."""
+    matrix = np.zeros([num_classes, num_classes], np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def per_class_accuracy(matrix: np.ndarray) -> list:
+    """Recall of each class; None for a class with no example."""
+    totals = matrix.sum(axis=1)
+    return [float(matrix[i, i] / totals[i]) if totals[i] else None for i in range(len(totals))]
+
+
+def accuracy(matrix: np.ndarray) -> float:
+    total = matrix.sum()
+    return float(np.trace(matrix) / total) if total else float("nan")
+
+
+def render_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
+                            title: str = "") -> np.ndarray:
+    """Draws a confusion matrix as an RGB uint8 image (rows normalised, counts written in)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    n = len(class_names)
+    cell = 44 if n <= 6 else 28
+    label_w = min(260, 8 + 7 * max(len(c) for c in class_names))
+    top = 40
+    width, height = label_w + n * cell + 20, top + n * cell + label_w // 2 + 20
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    draw.text((8, 8), title or "confusion matrix (rows: true, columns: predicted)", fill="black",
+              font=font)
+    totals = matrix.sum(axis=1, keepdims=True).astype(np.float64)
+    rates = np.divide(matrix, totals, out=np.zeros(matrix.shape, np.float64), where=totals > 0)
+    for i in range(n):
+        draw.text((4, top + i * cell + cell // 2 - 6), class_names[i][: label_w // 7], fill="black",
+                  font=font)
+        for j in range(n):
+            shade = int(255 * (1.0 - rates[i, j]))
+            x0, y0 = label_w + j * cell, top + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255),
+                           outline="grey")
+            draw.text((x0 + 3, y0 + cell // 2 - 6), str(int(matrix[i, j])),
+                      fill="white" if rates[i, j] > 0.5 else "black", font=font)
+    for j in range(n):
+        draw.text((label_w + j * cell + 2, top + n * cell + 4), str(j), fill="black", font=font)
+    return np.asarray(image)
+
+
+def save_png(array: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+
+
+def format_table(rows: Sequence[Sequence], header: Sequence[str]) -> str:
+    """A plain text table for terminals and logs."""
+    cells = [[str(h) for h in header]] + [["" if c is None else
+                                            (f"{c:.4f}" if isinstance(c, float) else str(c))
+                                            for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

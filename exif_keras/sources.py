@@ -1,0 +1,152 @@
+"""Where the converter's images and EXIF come from: MIRFLICKR-25k, MIRFLICKR-1M, or any photo folder.
+
+Each layout is turned into a sorted list of `Item`s (one per candidate image), so the converter
+never needs to know about folder structures:
+
+* ``mirflickr25k``: ``im<N>.jpg`` in ``input_dir``, Flickr's "clean" EXIF text in
+  ``meta/exif/exif<N>.txt`` and the "raw" EXIF text in ``meta/exif_raw/exif<N>.txt``.
+* ``mirflickr1m``: ``images/<N // 10000>/<N>.jpg`` and ``exif/<N // 10000>/<N>.txt``.
+* ``photos``: any folder tree of JPEGs; the EXIF embedded in each file is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Optional
+
+LAYOUTS = ("auto", "mirflickr25k", "mirflickr1m", "photos")
+EXIF_VARIANTS = ("auto", "clean", "raw")
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+_IM25K = re.compile(r"^im(\d+)\.jpe?g$", re.IGNORECASE)
+_IM1M = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
+
+
+class SourceError(ValueError):
+    """The input folder is not what the chosen layout expects."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One candidate image and where its EXIF is to be read from."""
+
+    source_id: str                  # MIRFLICKR number as text, or path relative to input_dir
+    image_path: str
+    exif_paths: tuple[tuple[str, str], ...] = ()  # (variant, path) in order of preference
+    embedded_exif: bool = False     # read the EXIF embedded in the JPEG (photos layout)
+
+
+def _has_im25k(input_dir: str) -> bool:
+    try:
+        with os.scandir(input_dir) as entries:
+            return any(_IM25K.match(e.name) for e in entries if e.is_file())
+    except OSError:
+        return False
+
+
+def detect_layout(input_dir: str) -> str:
+    """Recognises mirflickr25k, mirflickr1m or falls back to photos."""
+    if not os.path.isdir(input_dir):
+        raise SourceError(f"--input_dir {input_dir!r} is not a directory")
+    if os.path.isdir(os.path.join(input_dir, "meta", "exif")) or os.path.isdir(
+            os.path.join(input_dir, "meta", "exif_raw")):
+        if _has_im25k(input_dir):
+            return "mirflickr25k"
+    if os.path.isdir(os.path.join(input_dir, "images")) and os.path.isdir(
+            os.path.join(input_dir, "exif")):
+        return "mirflickr1m"
+    # Anything else, im<N>.jpg without meta/ included, is read as photos with embedded EXIF.
+    return "photos"
+
+
+def _mirflickr25k_items(input_dir: str, exif_variant: str) -> list[Item]:
+    clean_dir = os.path.join(input_dir, "meta", "exif")
+    raw_dir = os.path.join(input_dir, "meta", "exif_raw")
+    if exif_variant == "clean" and not os.path.isdir(clean_dir):
+        raise SourceError(f"--exif_variant=clean but {clean_dir} does not exist")
+    if exif_variant == "raw" and not os.path.isdir(raw_dir):
+        raise SourceError(f"--exif_variant=raw but {raw_dir} does not exist")
+    variants = {"clean": ("clean",), "raw": ("raw",), "auto": ("clean", "raw")}[exif_variant]
+    items = []
+    with os.scandir(input_dir) as entries:
+        for entry in entries:
+            match = _IM25K.match(entry.name)
+            if not match or not entry.is_file():
+                continue
+            number = int(match.group(1))
+            paths = []
+            for variant in variants:
+                folder = clean_dir if variant == "clean" else raw_dir
+                paths.append((variant, os.path.join(folder, f"exif{number}.txt")))
+            items.append(Item(str(number), entry.path, tuple(paths)))
+    items.sort(key=lambda item: int(item.source_id))
+    return items
+
+
+def _mirflickr1m_items(input_dir: str, exif_variant: str) -> list[Item]:
+    images_dir = os.path.join(input_dir, "images")
+    exif_dir = os.path.join(input_dir, "exif")
+    variant = "auto" if exif_variant == "auto" else exif_variant
+    items = []
+    for bucket in sorted(os.listdir(images_dir)):
+        bucket_dir = os.path.join(images_dir, bucket)
+        if not os.path.isdir(bucket_dir):
+            continue
+        with os.scandir(bucket_dir) as entries:
+            for entry in entries:
+                match = _IM1M.match(entry.name)
+                if not match or not entry.is_file():
+                    continue
+                number = int(match.group(1))
+                exif_path = os.path.join(exif_dir, str(number // 10000), f"{number}.txt")
+                items.append(Item(str(number), entry.path, ((variant, exif_path),)))
+    items.sort(key=lambda item: int(item.source_id))
+    return items
+
+
+def _photo_items(input_dir: str) -> list[Item]:
+    items = []
+    for root, dirs, files in os.walk(input_dir):
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(JPEG_SUFFIXES):
+                path = os.path.join(root, name)
+                rel = os.path.relpath(path, input_dir).replace(os.sep, "/")
+                items.append(Item(rel, path, (), embedded_exif=True))
+    items.sort(key=lambda item: item.source_id)
+    return items
+
+
+def list_items(input_dir: str, layout: str = "auto", exif_variant: str = "auto") -> tuple[str, list[Item]]:
+    """Returns (resolved layout, items sorted by source id)."""
+    if layout not in LAYOUTS:
+        raise SourceError(f"unknown --layout={layout!r}; expected one of {', '.join(LAYOUTS)}")
+    if exif_variant not in EXIF_VARIANTS:
+        raise SourceError(
+            f"unknown --exif_variant={exif_variant!r}; expected one of {', '.join(EXIF_VARIANTS)}")
+    if not os.path.isdir(input_dir):
+        raise SourceError(f"--input_dir {input_dir!r} is not a directory")
+    if layout == "auto":
+        layout = detect_layout(input_dir)
+    if layout == "mirflickr25k":
+        items = _mirflickr25k_items(input_dir, exif_variant)
+    elif layout == "mirflickr1m":
+        for sub in ("images", "exif"):
+            if not os.path.isdir(os.path.join(input_dir, sub)):
+                raise SourceError(
+                    f"--layout=mirflickr1m expects {os.path.join(input_dir, sub)} to exist")
+        items = _mirflickr1m_items(input_dir, exif_variant)
+    else:
+        items = _photo_items(input_dir)
+    if not items:
+        raise SourceError(f"no images found in {input_dir!r} for layout {layout}")
+    return layout, items
+
+
+def describe(item: Item) -> Optional[str]:
+    """Where an item's EXIF comes from, for logs."""
+    if item.embedded_exif:
+        return "embedded"
+    return ", ".join(variant for variant, _ in item.exif_paths) or None
