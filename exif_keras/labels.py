@@ -45,9 +45,14 @@ _APERTURE_NAMES = (
 assert len(_SHUTTER_NAMES) == SHUTTER_CLASSES and len(_APERTURE_NAMES) == APERTURE_CLASSES
 
 
+_HALF_TOLERANCE = 1e-9
+
+
 def _round_half_up(x: float) -> int:
-    """Rounds .5 away from the lower class, the same on every platform (no banker's rounding)."""
-    return int(math.floor(x + 0.5))
+    """Rounds .5 up, the same on every platform (no banker's rounding). A value within 1e-9 of a
+    half counts as the half: APEX Tv 5.5 gives t = 2**-5.5, whose log2 may come back as
+    -5.500000000000001 through a decimal round trip, and must land in the same class."""
+    return int(math.floor(x + 0.5 + _HALF_TOLERANCE))
 
 
 def _usable(value: Optional[float]) -> bool:
