@@ -9,10 +9,16 @@ import numpy as np
 
 
 def predict_split(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (labels [N], probabilities [N, R]) in dataset order, in one pass."""
+    """Returns (labels [N], probabilities [N, R]) in dataset order, in one pass.
+
+    Calls the model directly (one compiled function, on the default device) rather than
+    `predict_on_batch`, which under MirroredStrategy splits short batches across replicas."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     ys, ps = [], []
     for patches, y in dataset:
-        ps.append(np.asarray(model.predict_on_batch(patches), dtype=np.float32))
+        ps.append(np.asarray(forward(patches), dtype=np.float32))
         ys.append(np.asarray(y))
     if not ys:
         return np.zeros([0], np.int64), np.zeros([0, model.output_shape[-1]], np.float32)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -265,14 +266,27 @@ def train(config: TrainConfig) -> dict:
                    "data_manifest": os.path.abspath(os.path.join(config.data_dir, "manifest.json"))},
                   f, indent=2)
 
-    def make(split, training):
-        return data.make_dataset(
+    # Several replicas cannot split a short last batch inside fit (Keras 3 fails on an empty
+    # replica): there, training drops it (fewer than batch_size images per epoch, reshuffled each
+    # time) and so does the per-epoch validation; the final evaluation sees every image.
+    drop_last = strategy.num_replicas_in_sync > 1
+
+    def make(split, training, in_fit=False):
+        drop = drop_last and in_fit
+        ds = data.make_dataset(
             config.data_dir, split, config.field, config.task, batch_size=config.batch_size,
             num_patches=config.num_patches, patch_size=config.patch_size, is_training=training,
-            seed=config.seed, shuffle_buffer=config.shuffle_buffer)
+            seed=config.seed, shuffle_buffer=config.shuffle_buffer, drop_remainder=drop)
+        # The manifest knows the batch count: Keras then shows a true progress bar and does not
+        # warn that the input "ran out of data" at the end of every epoch.
+        batches = (counts[split] // config.batch_size if drop
+                   else math.ceil(counts[split] / config.batch_size))
+        return ds.apply(tf.data.experimental.assert_cardinality(batches))
 
-    train_ds = make("train", True)
-    val_ds = make("validation", False) if counts["validation"] else None
+    train_ds = make("train", True, in_fit=True)
+    val_ds = make("validation", False, in_fit=True) if counts["validation"] else None
+    if val_ds is not None and drop_last and counts["validation"] < config.batch_size:
+        val_ds = None  # not one whole batch to validate on
 
     with strategy.scope():
         try:
@@ -310,7 +324,7 @@ def train(config: TrainConfig) -> dict:
     steps = config.steps_per_epoch or None
     fit_train = train_ds.repeat() if steps else train_ds
     model.fit(fit_train, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=config.verbose)
+              callbacks=callbacks, verbose=config.verbose, shuffle=False)
 
     if os.path.exists(best_path):
         model.load_weights(best_path)
@@ -324,7 +338,8 @@ def train(config: TrainConfig) -> dict:
                 if v == v and (best_value is None or v > best_value):
                     best_epoch, best_value = int(row["epoch"]) + 1, v
 
-    splits = {"validation": val_ds, "test": make("test", False) if counts["test"] else None}
+    splits = {"validation": make("validation", False) if counts["validation"] else None,
+              "test": make("test", False) if counts["test"] else None}
     if config.eval_train:
         splits = {"train": make("train", False), **splits}
     results = {}
