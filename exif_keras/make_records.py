@@ -51,9 +51,6 @@ _SAMPLE_COUNT = flags.DEFINE_integer("sample_count", 1500, "Images in the built-
 _SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "Seed of the built-in sample.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress on stderr.")
 
-SAMPLE_MARKER = "SAMPLE.json"
-
-
 def _num_shards(candidates: int, shard_size: int) -> int:
     return max(1, math.ceil(candidates / max(1, shard_size)))
 
@@ -103,21 +100,17 @@ def _results(items, options: convert.Options, workers: int):
 
 
 def ensure_sample(sample_dir: str, count: int, seed: int, progress: bool = True) -> str:
-    """Generates the built-in sample once; regenerates when count or seed changed."""
+    """Generates the built-in sample once; regenerates when count, seed or the renderer changed,
+    or when an earlier generation was killed (sample.is_complete checks its completion marker)."""
     from exif_keras import sample
 
-    marker = os.path.join(sample_dir, SAMPLE_MARKER)
-    wanted = {"count": count, "seed": seed, "generator": __version__}
-    if os.path.exists(marker):
-        with open(marker) as f:
-            if json.load(f) == wanted:
-                logging.info("Using the sample already generated in %s", sample_dir)
-                return sample_dir
+    if sample.is_complete(sample_dir, count, seed):
+        logging.info("Using the sample already generated in %s", sample_dir)
+        return sample_dir
     os.makedirs(sample_dir, exist_ok=True)
     logging.info("Generating the built-in sample: %d images, seed %d, into %s", count, seed,
                  sample_dir)
     sample.generate_sample(sample_dir, count=count, seed=seed, progress=progress)
-    _write_json_atomic(marker, wanted)
     return sample_dir
 
 

@@ -48,6 +48,9 @@ _BACKBONE_WEIGHTS = flags.DEFINE_string(
     "notop.h5, or none (random; for tests and benchmarks).")
 _FILTERS = flags.DEFINE_integer("filters", 64, "Filters F of the four head convolutions.")
 _L2 = flags.DEFINE_float("l2", 1e-3, "L2 weight of the head's kernels.")
+_BN_MOMENTUM = flags.DEFINE_float(
+    "batchnorm_momentum", 0.99, "Momentum of the moving statistics of batch normalisation; 0.9 "
+    "suits short runs, whose statistics would otherwise lag the weights at evaluation.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (0 = one-hot).")
 _NORMALIZATION = flags.DEFINE_enum(
@@ -94,6 +97,7 @@ class TrainConfig:
     backbone_weights: Optional[str] = "imagenet"
     filters: int = 64
     l2: float = 1e-3
+    batchnorm_momentum: float = 0.99
     learning_rate: float = 1e-3
     label_smoothing: float = 0.0
     normalization: str = "auto"
@@ -121,7 +125,8 @@ class TrainConfig:
                    patch_size=_PATCH_SIZE.value, backbone=_BACKBONE.value,
                    trunk_layer=_TRUNK_LAYER.value,
                    backbone_weights=None if weights.lower() in ("", "none") else weights,
-                   filters=_FILTERS.value, l2=_L2.value, learning_rate=_LEARNING_RATE.value,
+                   filters=_FILTERS.value, l2=_L2.value,
+                   batchnorm_momentum=_BN_MOMENTUM.value, learning_rate=_LEARNING_RATE.value,
                    label_smoothing=_LABEL_SMOOTHING.value, normalization=_NORMALIZATION.value,
                    patch_mode=_PATCH_MODE.value, mixed_precision=_MIXED_PRECISION.value,
                    strategy=_STRATEGY.value, logical_cpus=_LOGICAL_CPUS.value, seed=_SEED.value,
@@ -255,6 +260,7 @@ def train(config: TrainConfig) -> dict:
         num_classes=task.num_classes, num_patches=config.num_patches,
         patch_size=config.patch_size, backbone=config.backbone, trunk_layer=config.trunk_layer,
         backbone_weights=config.backbone_weights, filters=config.filters, l2=config.l2,
+        batchnorm_momentum=config.batchnorm_momentum,
         normalization=config.normalization, mean=tuple(mean), std=tuple(std),
         patch_mode=config.patch_mode)
 

@@ -1,0 +1,634 @@
+r"""Export for TensorFlow Serving: python -m exif_keras.export --model_dir=runs/<field>
+                                    [--export_dir=models/exif_<field>] [--version=N]
+
+Writes one SavedModel version folder that TensorFlow Serving loads as it is::
+
+    models/
+      models.config                     model_config_list naming every model under models/
+      exif_shutter/
+        1/
+          saved_model.pb, variables/    signature "serving_default" (below)
+          assets.extra/
+            tf_serving_warmup_requests  TFRecord of PredictionLog protos (model warmup)
+            exif_keras.json             field, task, class names, grouping, k, P (for predict)
+
+Signature ``serving_default`` (method ``tensorflow/serving/predict``)::
+
+    inputs:  image_bytes    DT_STRING  [-1]      encoded JPEG (PNG accepted too)
+    outputs: probabilities  DT_FLOAT   [-1, R]   softmax over the task's classes
+             class_ids      DT_INT64   [-1]      argmax
+             class_names    DT_STRING  [-1]      e.g. "fast: 1/250 s or shorter"
+
+Decisions:
+
+* **Preprocessing is the evaluation's, in the graph.** Each image is decoded on the CPU with
+  :func:`exif_keras.dataset.decode_image` and cut into the k patches of the deterministic grid with
+  :func:`exif_keras.dataset.extract_patches` (``is_training=False``; images smaller than a patch are
+  zero-padded); normalisation is inside the Keras model. The same bytes give the same numbers as
+  ``model(extract_patches(decode_image(bytes)))`` (tested), and an image's result does not depend
+  on the other images of its batch (BatchNorm runs on its moving statistics).
+* **Bad bytes fail the request, not the server.** Every element must start with the JPEG (FF D8 FF)
+  or PNG signature; otherwise the request fails with InvalidArgument ``image_bytes[i] is not a JPEG
+  or PNG image``. Bytes with a valid signature that do not decode (truncated, corrupt) fail with the
+  decoder's InvalidArgument. Either way the loaded model serves the next request. The graph holds
+  no Python op (``tf.py_function`` etc.): TensorFlow Serving cannot run them.
+* **Keras 3's export path**: ``keras.export.ExportArchive`` with one endpoint named
+  ``serving_default`` whose function returns a dict (dict keys become the signature's output
+  names). The exported model is a fresh float32 copy of the trained one (same weights): an export
+  does not depend on the training run's dtype policy (mixed_float16) or distribution strategy, and
+  serves at full speed on CPU.
+* **A version appears whole or not at all.** The SavedModel, its assets.extra and a check that the
+  written model loads and answers its own warmup requests go into a hidden temporary folder beside
+  the version folder (``.tmp-<version>-<random>``; TensorFlow Serving only loads folders named by a
+  number), which is then renamed to ``<version>``. An existing version is never overwritten. A
+  crash leaves at most such a ``.tmp-*`` folder, safe to delete. (Local file systems: renaming a
+  folder is not atomic on object stores such as GCS.)
+* **Versions**: ``--version`` defaults to one more than the largest numeric folder in the export
+  dir (1 when there is none).
+* **models.config** (beside the model folders, i.e. in the export dir's parent) is rewritten after
+  every export: one ``config { name base_path model_platform }`` per folder that holds at least one
+  complete version. ``base_path`` is the path *inside the serving container*, ``/models/<name>``
+  by default (``--serving_base_path``), matching ``docker run -v "$PWD/models:/models"``; the file
+  is generated, so hand edits are lost on the next export.
+* **Warmup**: ``assets.extra/tf_serving_warmup_requests`` holds PredictRequests for a few small
+  sample images (generated here with Pillow when ``warmup_images`` is not given): each image alone,
+  then all of them in one batch, so that TensorFlow Serving traces and initialises the graph before
+  the first real request. ``tensorflow-serving-api`` is not a dependency: the few protobuf
+  messages around the TensorProto are encoded by hand (:func:`encode_prediction_log`; field
+  numbers from tensorflow_serving/apis/prediction_log.proto, predict.proto and model.proto).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import io
+import json
+import os
+import re
+import sys
+import uuid
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from exif_keras import __version__, labels
+from exif_keras import dataset as data
+from exif_keras import model as model_lib
+
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "image_bytes"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_CLASS_IDS = "class_ids"
+OUTPUT_CLASS_NAMES = "class_names"
+OUTPUT_NAMES = (OUTPUT_PROBABILITIES, OUTPUT_CLASS_IDS, OUTPUT_CLASS_NAMES)
+
+ASSETS_EXTRA = "assets.extra"
+WARMUP_FILENAME = "tf_serving_warmup_requests"
+METADATA_FILENAME = "exif_keras.json"
+MODELS_CONFIG = "models.config"
+DEFAULT_SERVING_BASE_PATH = "/models"
+MODEL_NAME_PREFIX = "exif_"
+TMP_PREFIX = ".tmp-"
+
+# Files of a run folder written by exif_keras.train (train.RUN_CONFIG / train.BEST_WEIGHTS; not
+# imported from there so that this CLI does not pull in the training flags).
+RUN_CONFIG = "run_config.json"
+BEST_WEIGHTS = "best.weights.h5"
+
+JPEG_MAGIC = b"\xff\xd8\xff"          # what tf.io.is_jpeg checks
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NOT_AN_IMAGE = "is not a JPEG or PNG image"
+
+ImageSource = Union[bytes, str, os.PathLike]
+
+
+class ExportError(Exception):
+    """A problem the user can fix (missing run folder, existing version): no traceback."""
+
+
+# ------------------------------------------------------------------------------------ run folder
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What the export needs from a run folder."""
+
+    model_dir: str
+    config: model_lib.ModelConfig
+    task: labels.TaskSpec
+
+    @property
+    def model_name(self) -> str:
+        return MODEL_NAME_PREFIX + self.task.field
+
+    @property
+    def weights_path(self) -> str:
+        return os.path.join(self.model_dir, BEST_WEIGHTS)
+
+
+def read_run(model_dir: str, need_weights: bool = True) -> RunInfo:
+    """Model config and task of a training run folder; ExportError naming what is missing."""
+    if not tf.io.gfile.isdir(model_dir):
+        raise ExportError(f"run folder {model_dir!r} does not exist (train one with "
+                          f"`python -m exif_keras.train --field=<field>`, or pass --model_dir)")
+    needed = [model_lib.CONFIG_FILENAME, RUN_CONFIG] + ([BEST_WEIGHTS] if need_weights else [])
+    missing = [n for n in needed if not tf.io.gfile.exists(os.path.join(model_dir, n))]
+    if missing:
+        raise ExportError(f"{model_dir!r} is not a finished training run: no "
+                          f"{', '.join(missing)} in it")
+    try:
+        config = model_lib.load_config(model_dir)
+        with tf.io.gfile.GFile(os.path.join(model_dir, RUN_CONFIG)) as f:
+            run_config = json.load(f)
+        task = _task_of(run_config)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"cannot read the run configuration in {model_dir!r}: {e}") from e
+    if task.num_classes != config.num_classes:
+        raise ExportError(f"{model_dir!r}: {RUN_CONFIG} names {task.num_classes} classes but "
+                          f"{model_lib.CONFIG_FILENAME} has num_classes={config.num_classes}")
+    return RunInfo(model_dir, config, task)
+
+
+def _task_of(run_config: Mapping) -> labels.TaskSpec:
+    """The TaskSpec stored in run_config.json ("task"), else rebuilt from "train"'s field/task."""
+    task = run_config.get("task")
+    if task:
+        return labels.TaskSpec(field=task["field"], task=task["task"],
+                               class_names=tuple(task["class_names"]),
+                               fine_to_target=tuple(int(v) for v in task["fine_to_target"]))
+    train = run_config["train"]
+    return labels.task_spec(train["field"], train.get("task", "binary"))
+
+
+# -------------------------------------------------------------------------------------- versions
+
+def version_numbers(export_dir: str) -> list[int]:
+    """Sorted numbers of the numeric subfolders (complete or not) of an export dir."""
+    if not tf.io.gfile.isdir(export_dir):
+        return []
+    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(export_dir)
+                  if name.rstrip("/").isdigit())
+
+
+def is_complete_version(path: str) -> bool:
+    return tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+
+
+def next_version(export_dir: str) -> int:
+    versions = version_numbers(export_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+def latest_version_dir(export_dir: str) -> Optional[str]:
+    """The highest-numbered complete version folder, or None."""
+    for number in reversed(version_numbers(export_dir)):
+        path = os.path.join(export_dir, str(number))
+        if is_complete_version(path):
+            return path
+    return None
+
+
+def default_export_dir(field: str) -> str:
+    return os.path.join("models", MODEL_NAME_PREFIX + field)
+
+
+# ---------------------------------------------------------------------------- serving function
+
+def check_image_bytes(image_bytes: tf.Tensor) -> tf.Operation:
+    """Assert op: every element starts with the JPEG or PNG signature. Fails with InvalidArgument
+    ``image_bytes[i] is not a JPEG or PNG image`` (i: the first bad element)."""
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    is_jpeg = tf.equal(tf.strings.substr(image_bytes, 0, len(JPEG_MAGIC)), JPEG_MAGIC)
+    is_png = tf.equal(tf.strings.substr(image_bytes, 0, len(PNG_MAGIC)), PNG_MAGIC)
+    ok = tf.logical_or(is_jpeg, is_png)
+    index = tf.range(tf.size(ok, out_type=tf.int64), dtype=tf.int64)
+    first_bad = tf.reduce_min(tf.where(ok, tf.int64.max, index))
+    message = tf.strings.format(INPUT_NAME + "[{}] " + NOT_AN_IMAGE, first_bad)
+    return tf.debugging.Assert(tf.reduce_all(ok), [message])
+
+
+def preprocess(image_bytes: tf.Tensor, num_patches: int, patch_size: int) -> tf.Tensor:
+    """[N] encoded images -> uint8 [N, k, P, P, 3] as in evaluation, computed on the CPU."""
+    with tf.device("/cpu:0"):
+        image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+        with tf.control_dependencies([check_image_bytes(image_bytes)]):
+            image_bytes = tf.identity(image_bytes)
+
+        def _one(encoded):
+            image = data.decode_image(encoded)
+            return data.extract_patches(image, num_patches, patch_size, is_training=False)
+
+        return tf.map_fn(_one, image_bytes, fn_output_signature=tf.TensorSpec(
+            [num_patches, patch_size, patch_size, 3], tf.uint8))
+
+
+def make_serving_fn(model, class_names: Sequence[str], num_patches: int, patch_size: int):
+    """fn(image_bytes [N] string) -> {probabilities, class_ids, class_names}; graph ops only."""
+    names = tf.constant(list(class_names), tf.string)
+
+    def serving_default(image_bytes):
+        patches = preprocess(image_bytes, num_patches, patch_size)
+        # An empty batch gets empty outputs: BatchNorm's CPU kernels reject a batch of 0, so it
+        # runs one all-zero image (only then) whose result is dropped.
+        count = tf.shape(patches)[0]
+        padding = tf.zeros(tf.stack([tf.maximum(1 - count, 0), num_patches, patch_size,
+                                     patch_size, 3]), tf.uint8)
+        probabilities = model(tf.concat([patches, padding], axis=0), training=False)
+        probabilities = tf.cast(probabilities, tf.float32)[:count]
+        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        return {OUTPUT_PROBABILITIES: probabilities, OUTPUT_CLASS_IDS: class_ids,
+                OUTPUT_CLASS_NAMES: tf.gather(names, class_ids)}
+
+    return serving_default
+
+
+def input_signature() -> list:
+    return [tf.TensorSpec([None], tf.string, name=INPUT_NAME)]
+
+
+def _serving_copy(model, config: model_lib.ModelConfig):
+    """A float32 model built from ``config`` (no weight download) holding ``model``'s weights."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = model_lib.build_model(dataclasses.replace(config, backbone_weights=None))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if model is not None:
+        try:
+            copy.set_weights(model.get_weights())
+        except ValueError as e:
+            raise ExportError(f"the model to export does not match its {model_lib.CONFIG_FILENAME}"
+                              f": {e}") from e
+    return copy
+
+
+# ------------------------------------------------------------------ minimal protobuf (warmup)
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2): strings, bytes, messages, map entries."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def parse_fields(buffer: bytes) -> list[tuple[int, int, Union[int, bytes]]]:
+    """Top-level (field number, wire type, value) of a serialized message; value is an int for
+    varint/fixed fields and the payload bytes for length-delimited ones."""
+    fields, pos = [], 0
+
+    def varint():
+        nonlocal pos
+        result = shift = 0
+        while True:
+            if pos >= len(buffer):
+                raise ValueError("truncated varint")
+            byte = buffer[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return result
+
+    while pos < len(buffer):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value = varint()
+        elif wire == 1:
+            value, pos = int.from_bytes(buffer[pos:pos + 8], "little"), pos + 8
+        elif wire == 2:
+            size = varint()
+            if pos + size > len(buffer):
+                raise ValueError("truncated length-delimited field")
+            value, pos = bytes(buffer[pos:pos + size]), pos + size
+        elif wire == 5:
+            value, pos = int.from_bytes(buffer[pos:pos + 4], "little"), pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        fields.append((number, wire, value))
+    return fields
+
+
+def encode_prediction_log(model_name: str, inputs: Mapping[str, bytes],
+                          signature_name: str = SIGNATURE_NAME) -> bytes:
+    """Serialized ``tensorflow.serving.PredictionLog`` holding one PredictRequest.
+
+    ``inputs``: input name -> serialized ``tensorflow.TensorProto``. Field numbers:
+    PredictionLog.predict_log = 6; PredictLog.request = 1; PredictRequest.model_spec = 1,
+    .inputs = 2 (map<string, TensorProto>: entries {key = 1, value = 2}); ModelSpec.name = 1,
+    .signature_name = 3.
+    """
+    model_spec = _field(1, model_name.encode()) + _field(3, signature_name.encode())
+    request = _field(1, model_spec)
+    for name in sorted(inputs):
+        request += _field(2, _field(1, name.encode()) + _field(2, inputs[name]))
+    return _field(6, _field(1, request))
+
+
+def decode_prediction_log(serialized: bytes) -> dict:
+    """Inverse of :func:`encode_prediction_log`: {"model_name", "signature_name", "inputs":
+    {name: TensorProto}}. ValueError when it is not a PredictionLog with a predict_log."""
+    from tensorflow.core.framework import tensor_pb2
+
+    logs = [v for n, w, v in parse_fields(serialized) if n == 6 and w == 2]
+    if len(logs) != 1:
+        raise ValueError("not a PredictionLog holding a predict_log")
+    requests = [v for n, w, v in parse_fields(logs[0]) if n == 1 and w == 2]
+    if len(requests) != 1:
+        raise ValueError("PredictLog without a request")
+    out = {"model_name": "", "signature_name": "", "inputs": {}}
+    for number, wire, value in parse_fields(requests[0]):
+        if number == 1 and wire == 2:
+            for n, w, v in parse_fields(value):
+                if n == 1 and w == 2:
+                    out["model_name"] = v.decode()
+                elif n == 3 and w == 2:
+                    out["signature_name"] = v.decode()
+        elif number == 2 and wire == 2:
+            entry = {n: v for n, w, v in parse_fields(value) if w == 2}
+            tensor = tensor_pb2.TensorProto()
+            tensor.ParseFromString(entry.get(2, b""))
+            out["inputs"][entry.get(1, b"").decode()] = tensor
+    return out
+
+
+def sample_images(patch_size: int, count: int = 3, seed: int = 0) -> list[bytes]:
+    """Small JPEGs for warmup: landscape, portrait, smaller than a patch (then repeats)."""
+    from PIL import Image
+
+    p = int(patch_size)
+    sizes = [(p + p // 2, 2 * p), (2 * p, p + p // 2), (max(p // 2, 1), max(p // 2 + 3, 1))]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        height, width = sizes[i % len(sizes)]
+        yy, xx = np.mgrid[0:height, 0:width]
+        base = np.stack([yy * 255 // max(height - 1, 1), xx * 255 // max(width - 1, 1),
+                         np.full_like(yy, 40 * i % 256)], axis=-1)
+        noise = rng.integers(-20, 21, size=(height, width, 3))
+        array = np.clip(base + noise, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def warmup_requests(model_name: str, images: Sequence[bytes]) -> list[bytes]:
+    """Serialized PredictionLogs: each image alone, then all images in one batch."""
+    batches = [[image] for image in images]
+    if len(images) > 1:
+        batches.append(list(images))
+    return [encode_prediction_log(model_name, {
+        INPUT_NAME: tf.make_tensor_proto(batch, dtype=tf.string, shape=[len(batch)])
+        .SerializeToString()}) for batch in batches]
+
+
+def write_warmup(path: str, records: Iterable[bytes]) -> None:
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def read_warmup(path: str) -> list[dict]:
+    """The decoded PredictionLogs of a warmup file (see :func:`decode_prediction_log`)."""
+    return [decode_prediction_log(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+
+
+def _read_images(images: Sequence[ImageSource]) -> list[bytes]:
+    out = []
+    for image in images:
+        if isinstance(image, (bytes, bytearray)):
+            out.append(bytes(image))
+        else:
+            with tf.io.gfile.GFile(os.fspath(image), "rb") as f:
+                out.append(f.read())
+    return out
+
+
+# --------------------------------------------------------------------------------- models.config
+
+def models_config_text(entries: Sequence[tuple[str, str]]) -> str:
+    """TensorFlow Serving's ModelServerConfig (text format) for (name, base_path) pairs."""
+    lines = ["# Written by exif_keras.export: every model folder under this directory.",
+             "# Regenerated on each export; base_path is the path inside the serving container.",
+             "model_config_list {"]
+    for name, base_path in entries:
+        lines.append(f"  config {{ name: '{name}' base_path: '{base_path}' "
+                     f"model_platform: 'tensorflow' }}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def exported_models(models_dir: str) -> list[str]:
+    """Sorted names of the subfolders of ``models_dir`` that hold a complete version."""
+    if not tf.io.gfile.isdir(models_dir):
+        return []
+    names = []
+    for name in sorted(n.rstrip("/") for n in tf.io.gfile.listdir(models_dir)):
+        path = os.path.join(models_dir, name)
+        if (re.fullmatch(r"[A-Za-z0-9_.-]+", name) and not name.startswith(".")
+                and tf.io.gfile.isdir(path) and latest_version_dir(path)):
+            names.append(name)
+    return names
+
+
+def write_models_config(models_dir: str,
+                        serving_base_path: str = DEFAULT_SERVING_BASE_PATH) -> str:
+    """Rewrites ``models_dir/models.config`` (atomically) naming every exported model."""
+    base = serving_base_path.rstrip("/")
+    entries = [(name, f"{base}/{name}") for name in exported_models(models_dir)]
+    path = os.path.join(models_dir, MODELS_CONFIG)
+    tmp = f"{path}{TMP_PREFIX}{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(models_config_text(entries))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- export
+
+def export_model(model_dir: str, export_dir: Optional[str] = None, version: Optional[int] = None,
+                 model=None, warmup_images: Optional[Sequence[ImageSource]] = None, *,
+                 serving_base_path: str = DEFAULT_SERVING_BASE_PATH,
+                 write_config: bool = True) -> str:
+    """Exports the run in ``model_dir`` as ``export_dir/<version>``; returns that folder's path.
+
+    ``model``: the trained Keras model (its weights are exported); None rebuilds it from
+    ``model_config.json`` (no backbone download) and loads ``best.weights.h5``.
+    ``export_dir``: default ``models/exif_<field>``. ``version``: default the next number there.
+    ``warmup_images``: encoded images (bytes) or paths for the warmup requests; default a few
+    generated JPEGs. ``write_config``: rewrite ``models.config`` in the export dir's parent.
+    Raises ExportError for user errors (missing run, existing version).
+    """
+    import keras
+
+    run = read_run(model_dir, need_weights=model is None)
+    config, task = run.config, run.task
+    export_dir = export_dir or default_export_dir(task.field)
+    if version is None:
+        version = next_version(export_dir)
+    elif int(version) < 1:
+        raise ExportError(f"--version must be a positive integer, got {version}")
+    version = int(version)
+    final = os.path.join(export_dir, str(version))
+    if tf.io.gfile.exists(final):
+        raise ExportError(f"version {version} already exists: {final} (versions are never "
+                          f"overwritten; omit --version to write version "
+                          f"{next_version(export_dir)})")
+
+    serving_model = _serving_copy(model, config)
+    if model is None:
+        try:
+            serving_model.load_weights(run.weights_path)
+        except (ValueError, OSError) as e:
+            raise ExportError(f"cannot load {run.weights_path}: {e}") from e
+    images = _read_images(warmup_images) if warmup_images else sample_images(config.patch_size)
+
+    archive = keras.export.ExportArchive()
+    archive.track(serving_model)
+    fn = archive.add_endpoint(
+        SIGNATURE_NAME,
+        make_serving_fn(serving_model, task.class_names, config.num_patches, config.patch_size),
+        input_signature=input_signature())
+    try:
+        expected = fn(tf.constant(images))
+    except tf.errors.InvalidArgumentError as e:
+        raise ExportError(f"a warmup image cannot be served: {first_line(e.message)}") from e
+
+    tf.io.gfile.makedirs(export_dir)
+    tmp = os.path.join(export_dir, f"{TMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
+    try:
+        archive.write_out(tmp, verbose=False)
+        extra = os.path.join(tmp, ASSETS_EXTRA)
+        tf.io.gfile.makedirs(extra)
+        write_warmup(os.path.join(extra, WARMUP_FILENAME), warmup_requests(run.model_name, images))
+        metadata = {
+            "format": 1,
+            "model_name": run.model_name,
+            "field": task.field,
+            "task": task.task,
+            "class_names": list(task.class_names),
+            "fine_to_target": list(task.fine_to_target),
+            "fine_class_names": list(labels.field_spec(task.field).class_names),
+            "num_patches": config.num_patches,
+            "patch_size": config.patch_size,
+            "signature": {"name": SIGNATURE_NAME, "input": INPUT_NAME,
+                          "outputs": list(OUTPUT_NAMES)},
+            "version": version,
+            "model_config": dataclasses.asdict(config),
+            "source_model_dir": os.path.abspath(model_dir) if "://" not in model_dir
+            else model_dir,
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            "exif_keras_version": __version__,
+        }
+        with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILENAME), "w") as f:
+            json.dump(metadata, f, indent=2)
+            f.write("\n")
+        _verify(tmp, images, expected)
+        if tf.io.gfile.exists(final):  # another export took this number meanwhile
+            raise ExportError(f"version {version} appeared in {export_dir} during the export")
+        tf.io.gfile.rename(tmp, final)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+        raise
+    if write_config:
+        write_models_config(os.path.dirname(os.path.abspath(export_dir))
+                            if "://" not in export_dir else os.path.dirname(export_dir.rstrip("/")),
+                            serving_base_path)
+    return final
+
+
+_NOISE = re.compile(r"^(Graph execution error:|Detected at node |<stack traces unavailable>|\[\[)")
+
+
+def first_line(message: str) -> str:
+    """The reason in a TensorFlow error message, without the graph/op context: e.g.
+    ``image_bytes[1] is not a JPEG or PNG image`` or ``jpeg::Uncompress failed. Invalid JPEG data
+    or crop window.``"""
+    for line in (message or "").splitlines():
+        line = line.strip()
+        if not line or _NOISE.match(line):
+            continue
+        line = re.sub(r"\s*\[\[\{\{.*$|\s*\[Op:[^\]]*\]$", "", line)
+        return re.sub(r"^assertion failed: \[(.*)\]$", r"\1", line)
+    return (message or "").strip()
+
+
+def _verify(path: str, images: Sequence[bytes], expected: Mapping[str, tf.Tensor]) -> None:
+    """Loads the written SavedModel and checks its answers to the warmup images."""
+    loaded = tf.saved_model.load(path)
+    got = loaded.signatures[SIGNATURE_NAME](**{INPUT_NAME: tf.constant(images)})
+    if sorted(got) != sorted(OUTPUT_NAMES):
+        raise RuntimeError(f"exported signature has outputs {sorted(got)}, "
+                           f"expected {sorted(OUTPUT_NAMES)}")
+    np.testing.assert_allclose(got[OUTPUT_PROBABILITIES].numpy(),
+                               expected[OUTPUT_PROBABILITIES].numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def _flag(define, name: str, *args, **kwargs):
+    """Defines flag ``name``, or reuses it when another module already defined it.
+
+    train, export and predict share flag names (--model_dir, --export_dir, --version,
+    --batch_size) and must import into one process in any order (tests; train's export step), so
+    a flag defined here allows a later module to redefine it (``allow_override``): the holders
+    read the flag by name and so follow the definition that won."""
+    if name in flags.FLAGS:
+        flags.declare_key_flag(name)
+        return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+    return define(name, *args, allow_override=True, **kwargs)
+
+
+_MODEL_DIR = _flag(flags.DEFINE_string, "model_dir", None,
+                   "Run folder of exif_keras.train (model_config.json, run_config.json, "
+                   "best.weights.h5).")
+_EXPORT_DIR = _flag(flags.DEFINE_string, "export_dir", None,
+                    "Model folder that receives the version folders; default "
+                    "models/exif_<field>.")
+_VERSION = _flag(flags.DEFINE_integer, "version", None,
+                 "Version number to write (export) / load (predict); default: the next one "
+                 "(export), the latest (predict).")
+_SERVING_BASE_PATH = _flag(flags.DEFINE_string, "serving_base_path", DEFAULT_SERVING_BASE_PATH,
+                           "Where the models folder is mounted in the TensorFlow Serving "
+                           "container; models.config's base_path is <this>/<model name>.")
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not _MODEL_DIR.value:
+        print("export: error: --model_dir is required (e.g. --model_dir=runs/shutter)",
+              file=sys.stderr)
+        return 2
+    try:
+        path = export_model(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value,
+                            serving_base_path=_SERVING_BASE_PATH.value)
+    except ExportError as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported: {path}")
+    models_dir = os.path.dirname(os.path.abspath(os.path.dirname(path)))
+    print(f"models config: {os.path.join(models_dir, MODELS_CONFIG)}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

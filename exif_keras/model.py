@@ -1,0 +1,609 @@
+"""The paper's network (section 4.1) as a Keras 3 functional model.
+
+Input: ``[B, k, P, P, 3]`` patches, uint8 RGB 0..255 as cropped from the decoded JPEG (float input
+is accepted and cast to uint8, so it should hold whole numbers 0..255). Everything from there to
+the class probabilities lives inside the graph, normalisation included, so training, evaluation
+and serving cannot disagree about preprocessing::
+
+    patches [B,k,P,P,3] uint8
+      -> normalize            (float32; "vgg": RGB->BGR minus ImageNet means, as VGG16's
+                               caffe-mode preprocess_input; "dataset": (x - mean) / std per channel)
+      -> per_patch            (one keras.Model, weights shared by all k patches)
+           trunk: VGG16 block1..block3_conv3, frozen -> [P/4, P/4, 256]   (32x32x256 at P=128)
+           head:  Conv 1x1, 2x2, 3x3, 2x2 (F filters, "same"), each + BatchNorm + ReLU,
+                  Flatten, Dense(256) linear
+      -> mean_over_patches    [B, 256]   (the paper averages the penultimate dense layer)
+      -> ReLU (-> Dropout when dropout > 0)
+      -> logits Dense(R) -> softmax, float32 even under mixed_float16
+
+The patch axis is handled one of two ways with identical weights (``patch_mode``):
+  * "folded": reshape to ``[B*k, P, P, 3]``, run ``per_patch`` once, reshape back to
+    ``[B, k, 256]``. BatchNorm sees all B*k patches of the batch at once.
+  * "time_distributed": ``keras.layers.TimeDistributed(per_patch)``. Keras 3 unrolls a static
+    patch axis into k calls, so BatchNorm normalises (and updates its moving statistics) k times
+    per step over B patches each. Inference outputs are identical to "folded".
+"folded" is the default: BatchNorm statistics over all patches of the batch, one moving-average
+update per step, one large batched op per layer (what accelerators and XLA prefer), and on CPU it
+did no more work than TimeDistributed (``compare_patch_modes``: 2 shared cores, B=4, k=8, P=128,
+F=64, one training step: process CPU time 1.37 s folded vs 1.62 s time_distributed; wall times
+0.7-2.4 s for either, within the noise of the shared machine, TimeDistributed sometimes ahead by
+running its k unrolled branches in parallel on idle cores).
+
+Backbones:
+  * "vgg16": ``keras.applications.VGG16(include_top=False)`` sliced at ``trunk_layer`` by layer
+    name, all of it frozen (``trainable = False``, called with ``training=False``).
+    Weights: "imagenet" (Keras' own download and cache under KERAS_HOME, failing fast and clearly
+    with :class:`BackboneWeightsError` when offline), a path to a weights file (the Keras
+    ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``, or a ``*.weights.h5`` saved from
+    ``VGG16(include_top=False).save_weights``), or None/"none" for random initialisation.
+  * "scratch": the paper's no-transfer baseline, trainable. It mirrors VGG16's block structure
+    layer for layer up to ``trunk_layer`` (same number of 3x3 "same" convolutions per block, the
+    same 2x2 max pools, so the same spatial downsampling and the same layer names), but lighter:
+    half VGG's widths (32, 64, 128, 256, 256 filters for blocks 1..5), no conv bias, and a
+    BatchNorm + ReLU after every convolution so it trains from random initialisation.
+
+Under ``keras.config.set_dtype_policy("mixed_float16")`` (set by the caller before
+``build_model``) the normalisation and the final softmax run in float32, everything else computes
+in float16 with float32 variables, and ``compile_model`` gets Keras' automatic loss scaling.
+
+Keras 3 note on ``training=False``: a functional model passes its own ``training`` value down to
+every nested layer, overriding a ``training=False`` recorded at graph construction. The frozen
+VGG trunk is convolutions and max pools only, which behave the same in both modes, and a Keras 3
+BatchNormalization with ``trainable = False`` always uses its moving statistics; so the frozen
+trunk is in inference behaviour whatever the caller passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from typing import Optional, Sequence
+
+import keras
+from keras import ops
+
+# Keras' own VGG16 no-top weights: file name, origin and md5, as in keras.applications.vgg16.
+VGG16_NOTOP_FILENAME = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+VGG16_NOTOP_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + VGG16_NOTOP_FILENAME
+)
+VGG16_NOTOP_MD5 = "6d6bbae143d832006294945121d1f1fc"
+# VGG16's caffe-mode preprocessing: BGR channel order, ImageNet means subtracted, no scaling.
+VGG_MEAN_BGR = (103.939, 116.779, 123.68)
+
+BACKBONES = ("vgg16", "scratch")
+NORMALIZATIONS = ("auto", "vgg", "dataset")
+PATCH_MODES = ("folded", "time_distributed")
+HEAD_KERNELS = (1, 2, 3, 2)  # paper 4.1: 1x1, 2x2, 3x3, 2x2
+DOWNLOAD_TIMEOUT_S = 10.0  # per socket operation while fetching the ImageNet weights
+
+# VGG16 (include_top=False) layer sequence: (name, filters or None for a pool).
+_VGG16_WIDTHS = (64, 128, 256, 512, 512)
+_VGG16_CONVS_PER_BLOCK = (2, 2, 3, 3, 3)
+VGG16_LAYERS: tuple[tuple[str, Optional[int]], ...] = tuple(
+    item
+    for block, (width, convs) in enumerate(zip(_VGG16_WIDTHS, _VGG16_CONVS_PER_BLOCK), start=1)
+    for item in (
+        *((f"block{block}_conv{i}", width) for i in range(1, convs + 1)),
+        (f"block{block}_pool", None),
+    )
+)
+SCRATCH_WIDTH_DIVISOR = 2  # scratch trunk: half of VGG16's filters per block
+
+CONFIG_FILENAME = "model_config.json"
+
+
+class BackboneWeightsError(ValueError):
+    """The backbone's weights could not be obtained (offline, or a bad/missing weights file)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    num_classes: int
+    num_patches: int = 8
+    patch_size: int = 128
+    backbone: str = "vgg16"  # "vgg16" | "scratch"
+    trunk_layer: str = "block3_conv3"
+    backbone_weights: Optional[str] = "imagenet"  # "imagenet" | path | None/"none"; vgg16 only
+    filters: int = 64
+    dense_units: int = 256
+    l2: float = 1e-3
+    normalization: str = "auto"  # "auto" | "vgg" | "dataset"
+    mean: tuple = (127.5,) * 3  # per channel, RGB, 0..255 scale ("dataset" normalisation)
+    std: tuple = (64.0,) * 3
+    patch_mode: str = "folded"  # "folded" | "time_distributed"
+    dropout: float = 0.0  # after the averaged ReLU, before the output layer
+    batchnorm_momentum: float = 0.99  # Keras' default; lower it (0.9) for runs of few steps
+
+    def __post_init__(self):
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        if isinstance(self.backbone_weights, str) and self.backbone_weights.lower() == "none":
+            self.backbone_weights = None
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.num_patches < 1:
+            raise ValueError(f"num_patches must be at least 1, got {self.num_patches}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}"
+            )
+        if self.patch_mode not in PATCH_MODES:
+            raise ValueError(f"patch_mode must be one of {PATCH_MODES}, got {self.patch_mode!r}")
+        if self.trunk_layer not in dict(VGG16_LAYERS):
+            raise ValueError(
+                f"trunk_layer {self.trunk_layer!r} is not a VGG16 layer; expected one of "
+                + ", ".join(name for name, _ in VGG16_LAYERS)
+            )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std must each have 3 values (R, G, B)")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        if not 0.0 <= self.batchnorm_momentum < 1.0:
+            raise ValueError(f"batchnorm_momentum must be in [0, 1), got {self.batchnorm_momentum}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        min_size = 2 ** downsampling_of(self.trunk_layer)
+        if self.patch_size < max(min_size, 32 if self.backbone == "vgg16" else 1):
+            raise ValueError(
+                f"patch_size {self.patch_size} is too small for backbone {self.backbone!r} "
+                f"at {self.trunk_layer!r} (VGG16 needs at least 32)"
+            )
+
+    @property
+    def resolved_normalization(self) -> str:
+        """"vgg" or "dataset": "auto" is vgg for the pretrained VGG16, dataset for scratch."""
+        if self.normalization != "auto":
+            return self.normalization
+        return "vgg" if self.backbone == "vgg16" else "dataset"
+
+    @property
+    def model_name(self) -> str:
+        return (
+            f"exif_{self.backbone}_{self.trunk_layer}_r{self.num_classes}"
+            f"_k{self.num_patches}_p{self.patch_size}"
+        )
+
+    def to_json(self) -> str:
+        return config_to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return config_from_json(text)
+
+
+def config_to_json(config: ModelConfig) -> str:
+    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
+
+
+def config_from_json(text: str) -> ModelConfig:
+    data = json.loads(text)
+    known = {field.name for field in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown ModelConfig keys: {', '.join(unknown)}")
+    return ModelConfig(**data)
+
+
+from_json = config_from_json  # short alias
+
+
+def save_config(config: ModelConfig, model_dir: str) -> str:
+    """Writes ``model_dir/model_config.json`` (local or any tf.io.gfile path); returns the path."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(model_dir)
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(config_to_json(config) + "\n")
+    return path
+
+
+def load_config(model_dir: str) -> ModelConfig:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILENAME)) as f:
+        return config_from_json(f.read())
+
+
+def downsampling_of(trunk_layer: str) -> int:
+    """Number of 2x2 max pools up to and including ``trunk_layer`` (block3_conv3: 2, so P/4)."""
+    pools = 0
+    for name, filters in VGG16_LAYERS:
+        if filters is None:
+            pools += 1
+        if name == trunk_layer:
+            return pools
+    raise ValueError(f"unknown trunk layer {trunk_layer!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Custom layers (registered, so saved .keras models load without custom_objects)
+
+
+@keras.saving.register_keras_serializable(package="exif_keras")
+class PatchNormalization(keras.layers.Layer):
+    """Casts patches to float32, optionally reverses RGB->BGR, then ``(x - mean) / std``.
+
+    Always computes in float32 (its dtype policy is fixed), also under mixed_float16.
+    """
+
+    def __init__(self, mean, std, reverse_channels=False, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.reverse_channels = bool(reverse_channels)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        if self.reverse_channels:
+            x = ops.flip(x, axis=-1)
+        x = x - ops.convert_to_tensor(self.mean, dtype="float32")
+        if any(s != 1.0 for s in self.std):
+            x = x / ops.convert_to_tensor(self.std, dtype="float32")
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            mean=list(self.mean), std=list(self.std), reverse_channels=self.reverse_channels
+        )
+        config.pop("dtype", None)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="exif_keras")
+class FoldPatches(keras.layers.Layer):
+    """``[B, k, ...] -> [B*k, ...]``: the patch axis folded into the batch axis."""
+
+    def call(self, inputs):
+        return ops.reshape(inputs, (-1, *inputs.shape[2:]))
+
+    def compute_output_shape(self, input_shape):
+        b, k = input_shape[0], input_shape[1]
+        return (None if b is None or k is None else b * k, *input_shape[2:])
+
+
+@keras.saving.register_keras_serializable(package="exif_keras")
+class UnfoldPatches(keras.layers.Layer):
+    """``[B*k, ...] -> [B, k, ...]``: the inverse of :class:`FoldPatches`."""
+
+    def __init__(self, num_patches, **kwargs):
+        super().__init__(**kwargs)
+        self.num_patches = int(num_patches)
+
+    def call(self, inputs):
+        return ops.reshape(inputs, (-1, self.num_patches, *inputs.shape[1:]))
+
+    def compute_output_shape(self, input_shape):
+        b = input_shape[0]
+        return (None if b is None else b // self.num_patches, self.num_patches, *input_shape[1:])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_patches=self.num_patches)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="exif_keras")
+class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
+    """Cross-entropy on integer class ids with label smoothing (one-hot built inside the loss)."""
+
+    def __init__(self, label_smoothing=0.0, name="sparse_categorical_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        num_classes = y_pred.shape[-1]
+        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        one_hot = ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(label_smoothing=self.label_smoothing)
+        return config
+
+
+# --------------------------------------------------------------------------------------------
+# Backbone weights
+
+
+def _keras_home_candidates() -> list[str]:
+    """Where Keras' get_file caches: $KERAS_HOME (read now, not at import, unlike keras'
+    own constant) or ~/.keras; also /tmp/.keras when that is not writable."""
+    if "KERAS_HOME" in os.environ:
+        home = os.path.expanduser(os.environ["KERAS_HOME"])
+    else:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    if os.path.isdir(home) and not os.access(home, os.W_OK):
+        return [home, os.path.join("/tmp", ".keras")]  # get_file's fallback for a read-only home
+    return [home]
+
+
+def cached_imagenet_weights() -> Optional[str]:
+    """Path of the cached VGG16 no-top ImageNet weights, or None if not downloaded yet."""
+    for home in _keras_home_candidates():
+        path = os.path.join(home, "models", VGG16_NOTOP_FILENAME)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _offline_message(cause: BaseException) -> str:
+    return (
+        "Could not obtain the ImageNet VGG16 weights "
+        f"({VGG16_NOTOP_FILENAME}): not in the Keras cache "
+        f"({os.path.join(_keras_home_candidates()[0], 'models')}) and the download from "
+        f"{VGG16_NOTOP_URL} failed ({type(cause).__name__}: {cause}). Without network access, "
+        f"download that file elsewhere and pass "
+        f"--backbone_weights=/path/to/{VGG16_NOTOP_FILENAME} (or copy it into the cache), or "
+        "train the no-transfer baseline with --backbone=scratch."
+    )
+
+
+def imagenet_weights_path(timeout_s: float = DOWNLOAD_TIMEOUT_S) -> str:
+    """The ImageNet weights file: from the Keras cache, else downloaded by Keras into it.
+
+    The download uses ``keras.utils.get_file`` with the same file name, origin and md5 as
+    ``keras.applications.VGG16(weights="imagenet")``, into the cache that honours KERAS_HOME at
+    call time, with a short socket timeout so that an offline machine fails at once.
+    """
+    cached = cached_imagenet_weights()
+    if cached:
+        return cached
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        return keras.utils.get_file(
+            VGG16_NOTOP_FILENAME,
+            VGG16_NOTOP_URL,
+            cache_subdir="models",
+            file_hash=VGG16_NOTOP_MD5,
+            cache_dir=_keras_home_candidates()[0],
+        )
+    except Exception as e:  # URLError, "URL fetch failure ...", timeouts, hash mismatch
+        raise BackboneWeightsError(_offline_message(e)) from e
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _resolve_backbone_weights(weights: Optional[str]) -> Optional[str]:
+    """None (random init) or a local/gfile path that exists."""
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return None
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        return imagenet_weights_path()
+    path = os.fspath(weights)
+    if "://" in path:
+        import tensorflow as tf
+
+        found = tf.io.gfile.exists(path)
+    else:
+        path = os.path.expanduser(path)
+        found = os.path.isfile(path)
+    if not found:
+        raise BackboneWeightsError(
+            f"backbone weights file not found: {path!r}. Expected Keras' "
+            f"{VGG16_NOTOP_FILENAME} (or a *.weights.h5 saved from "
+            "keras.applications.VGG16(include_top=False)); "
+            "use --backbone=scratch to train without pretrained weights."
+        )
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Sub-models
+
+
+def build_trunk(config: ModelConfig) -> keras.Model:
+    """The per-patch trunk, a keras.Model named "trunk": [P, P, 3] float -> feature map."""
+    shape = (config.patch_size, config.patch_size, 3)
+    if config.backbone == "vgg16":
+        weights = _resolve_backbone_weights(config.backbone_weights)
+        try:
+            vgg = keras.applications.VGG16(include_top=False, weights=weights, input_shape=shape)
+        except Exception as e:
+            if weights is None:
+                raise
+            raise BackboneWeightsError(
+                f"could not load VGG16 weights from {weights!r}: {type(e).__name__}: {e}. "
+                f"Expected Keras' {VGG16_NOTOP_FILENAME}, or a *.weights.h5 saved from "
+                "keras.applications.VGG16(include_top=False)."
+            ) from e
+        trunk = keras.Model(vgg.inputs, vgg.get_layer(config.trunk_layer).output, name="trunk")
+        trunk.trainable = False
+        return trunk
+
+    inputs = keras.Input(shape, name="trunk_input")
+    x = inputs
+    for name, width in VGG16_LAYERS:
+        block, kind = name.split("_")
+        if width is None:
+            x = keras.layers.MaxPooling2D(2, strides=2, name=name)(x)
+        else:
+            index = kind[len("conv"):]
+            x = keras.layers.Conv2D(
+                width // SCRATCH_WIDTH_DIVISOR, 3, padding="same", use_bias=False, name=name
+            )(x)
+            x = keras.layers.BatchNormalization(
+                momentum=config.batchnorm_momentum, name=f"{block}_bn{index}"
+            )(x)
+            x = keras.layers.ReLU(name=f"{block}_relu{index}")(x)
+        if name == config.trunk_layer:
+            break
+    return keras.Model(inputs, x, name="trunk")
+
+
+def build_head(config: ModelConfig, feature_shape: Sequence[int]) -> keras.Model:
+    """The per-patch head, a keras.Model named "head": feature map -> [dense_units], linear."""
+    regularizer = keras.regularizers.L2(config.l2) if config.l2 else None
+    inputs = keras.Input(tuple(feature_shape), name="head_input")
+    x = inputs
+    for i, kernel in enumerate(HEAD_KERNELS, start=1):
+        x = keras.layers.Conv2D(
+            config.filters,
+            kernel,
+            padding="same",
+            use_bias=False,  # followed by BatchNormalization, whose beta is the bias
+            kernel_regularizer=regularizer,
+            name=f"head_conv{i}",
+        )(x)
+        x = keras.layers.BatchNormalization(
+            momentum=config.batchnorm_momentum, name=f"head_bn{i}"
+        )(x)
+        x = keras.layers.ReLU(name=f"head_relu{i}")(x)
+    x = keras.layers.Flatten(name="head_flatten")(x)
+    x = keras.layers.Dense(config.dense_units, kernel_regularizer=regularizer, name="head_dense")(x)
+    return keras.Model(inputs, x, name="head")
+
+
+def build_per_patch(config: ModelConfig) -> keras.Model:
+    """trunk + head as one keras.Model named "per_patch": [P, P, 3] normalised -> [dense_units]."""
+    trunk = build_trunk(config)
+    head = build_head(config, trunk.output.shape[1:])
+    inputs = keras.Input((config.patch_size, config.patch_size, 3), name="patch")
+    frozen = not trunk.trainable
+    features = trunk(inputs, training=False) if frozen else trunk(inputs)
+    return keras.Model(inputs, head(features), name="per_patch")
+
+
+def build_model(config: ModelConfig) -> keras.Model:
+    """The uncompiled model: [B, k, P, P, 3] uint8 patches -> [B, R] float32 probabilities."""
+    k, p = config.num_patches, config.patch_size
+    regularizer = keras.regularizers.L2(config.l2) if config.l2 else None
+    if config.resolved_normalization == "vgg":
+        normalize = PatchNormalization(VGG_MEAN_BGR, (1.0, 1.0, 1.0), True, name="normalize")
+    else:
+        normalize = PatchNormalization(config.mean, config.std, False, name="normalize")
+
+    inputs = keras.Input((k, p, p, 3), dtype="uint8", name="patches")
+    x = normalize(inputs)
+    per_patch = build_per_patch(config)
+    if config.patch_mode == "folded":
+        x = FoldPatches(name="fold_patches")(x)
+        x = per_patch(x)
+        x = UnfoldPatches(k, name="unfold_patches")(x)
+    else:
+        x = keras.layers.TimeDistributed(per_patch, name="per_patch_td")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="mean_over_patches")(x)
+    x = keras.layers.ReLU(name="pooled_relu")(x)
+    if config.dropout:
+        x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    x = keras.layers.Dense(config.num_classes, kernel_regularizer=regularizer, name="logits")(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=config.model_name)
+
+
+def per_patch_of(model: keras.Model) -> keras.Model:
+    """The shared per-patch sub-model (unwrapped from TimeDistributed if need be)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.TimeDistributed):
+            layer = layer.layer
+        if layer.name == "per_patch":
+            return layer
+    raise ValueError(f"model {model.name!r} has no 'per_patch' sub-model")
+
+
+def trunk_of(model: keras.Model) -> keras.Model:
+    """The (for vgg16: frozen) trunk sub-model."""
+    return per_patch_of(model).get_layer("trunk")
+
+
+def head_of(model: keras.Model) -> keras.Model:
+    return per_patch_of(model).get_layer("head")
+
+
+def compile_model(
+    model: keras.Model, learning_rate: float = 1e-3, label_smoothing: float = 0.0, **compile_kwargs
+) -> None:
+    """Adam + cross-entropy on integer class-id labels (``[B]`` or ``[B, 1]``), metric accuracy.
+
+    Labels are always sparse (class ids). Without smoothing the loss is Keras'
+    SparseCategoricalCrossentropy; with ``label_smoothing > 0`` it is
+    :class:`SparseCategoricalCrossentropyWithSmoothing`, which one-hots inside the loss, so the
+    input pipeline is the same either way. The L2 penalties of the head are added by Keras.
+    Extra keyword arguments go to ``model.compile`` (e.g. ``jit_compile``, ``steps_per_execution``).
+    """
+    if label_smoothing:
+        loss = SparseCategoricalCrossentropyWithSmoothing(label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=loss,
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        **compile_kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark
+
+
+def compare_patch_modes(
+    batch_size: int = 4,
+    num_patches: int = 8,
+    patch_size: int = 128,
+    filters: int = 8,
+    backbone: str = "vgg16",
+    steps: int = 5,
+    warmup: int = 2,
+    seed: int = 0,
+) -> dict:
+    """Seconds per training step (forward + backward + Adam update) for each patch mode.
+
+    Random weights (no download); both models get identical weights and the same batch.
+    Returns ``{"folded": s, "time_distributed": s}`` (median over ``steps``).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (batch_size, num_patches, patch_size, patch_size, 3), dtype=np.uint8)
+    y = rng.integers(0, 2, (batch_size,))
+    results = {}
+    weights = None
+    for mode in PATCH_MODES:
+        config = ModelConfig(
+            num_classes=2, num_patches=num_patches, patch_size=patch_size, backbone=backbone,
+            backbone_weights=None, filters=filters, patch_mode=mode,
+        )
+        model = build_model(config)
+        if weights is None:
+            weights = model.get_weights()
+        else:
+            model.set_weights(weights)
+        compile_model(model)
+        for _ in range(warmup):
+            model.train_on_batch(x, y)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            model.train_on_batch(x, y)
+            times.append(time.perf_counter() - start)
+        results[mode] = float(np.median(times))
+    return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    args = dict(arg.lstrip("-").split("=", 1) for arg in sys.argv[1:])
+    kwargs = {key: (value if key == "backbone" else int(value)) for key, value in args.items()}
+    print(json.dumps(compare_patch_modes(**kwargs), indent=2))

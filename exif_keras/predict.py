@@ -1,0 +1,398 @@
+r"""Predict from photos with an exported model:
+python -m exif_keras.predict --model=models/exif_shutter [--version=N] [--json] PATH...
+
+PATHs are image files or folders (searched recursively for *.jpg, *.jpeg, *.png, any case); a file
+named explicitly is tried whatever its extension. The SavedModel (the latest complete version
+unless --version) runs in batches through its ``serving_default`` signature, so the predictions
+are exactly what TensorFlow Serving answers for the same bytes.
+
+Output, one line per photo::
+
+    photos/a.jpg  fast: 1/250 s or shorter  0.873  | EXIF 1/500 s: fast: 1/250 s or shorter, agrees
+
+The EXIF part appears when the photo carries the field in its own EXIF (read with
+:func:`exif_keras.exif.read_embedded_exif`, binned with the task's grouping from the export's
+``assets.extra/exif_keras.json``); a value that the task leaves out (e.g. 1/125 s for the binary
+shutter task) is shown as "not in this task's classes". At the end: how many photos were
+predicted and, when some had EXIF, how many predictions agree with it, per class.
+
+``--json`` writes one JSON object per line instead: per photo ``{"path", "class_id",
+"class_name", "probability", "probabilities", "exif"}`` (``exif``: null, or ``{"value", "text",
+"class_id", "class_name", "agrees"}`` with null class/agrees when the value is outside the
+task's classes), then one last line ``{"summary": {...}}``.
+
+A file that cannot be read or decoded is reported on stderr with the reason and skipped; the
+others still run (a batch that fails is retried photo by photo). The exit status is 1 when any
+path failed, 2 for usage errors (no such model, no PATH).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import warnings
+from typing import Iterable, Optional, Sequence, TextIO
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from exif_keras import export, labels
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+DEFAULT_BATCH_SIZE = 16
+
+
+class PredictError(Exception):
+    """A usage problem (no model, bad version): printed without a traceback, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------- the model
+
+def resolve_version_dir(model: str, version: Optional[int] = None) -> str:
+    """The version folder to load: ``model/<version>``, the latest complete one, or ``model``
+    itself when it is a version folder (holds saved_model.pb)."""
+    if not tf.io.gfile.isdir(model):
+        raise PredictError(f"model folder {model!r} does not exist (export one with "
+                           f"`python -m exif_keras.export --model_dir=runs/<field>`)")
+    if version is not None:
+        path = os.path.join(model, str(version))
+        if not export.is_complete_version(path):
+            available = [v for v in export.version_numbers(model)
+                         if export.is_complete_version(os.path.join(model, str(v)))]
+            raise PredictError(f"no version {version} in {model!r} (available: "
+                               f"{', '.join(map(str, available)) or 'none'})")
+        return path
+    if export.is_complete_version(model):
+        return model
+    path = export.latest_version_dir(model)
+    if path is None:
+        raise PredictError(f"{model!r} holds no exported version (no <number>/saved_model.pb)")
+    return path
+
+
+@dataclasses.dataclass
+class Predictor:
+    """A loaded export: its serving signature and what assets.extra/exif_keras.json says."""
+
+    path: str
+    signature: object
+    metadata: dict
+
+    @classmethod
+    def load(cls, model: str, version: Optional[int] = None) -> "Predictor":
+        path = resolve_version_dir(model, version)
+        loaded = tf.saved_model.load(path)
+        if export.SIGNATURE_NAME not in loaded.signatures:
+            raise PredictError(f"{path} has no {export.SIGNATURE_NAME!r} signature")
+        metadata = {}
+        meta_path = os.path.join(path, export.ASSETS_EXTRA, export.METADATA_FILENAME)
+        if tf.io.gfile.exists(meta_path):
+            with tf.io.gfile.GFile(meta_path) as f:
+                metadata = json.load(f)
+        predictor = cls(path, loaded.signatures[export.SIGNATURE_NAME], metadata)
+        predictor._loaded = loaded  # keeps the variables alive
+        return predictor
+
+    @property
+    def task(self) -> Optional[labels.TaskSpec]:
+        m = self.metadata
+        if not all(k in m for k in ("field", "task", "class_names", "fine_to_target")):
+            return None
+        return labels.TaskSpec(m["field"], m["task"], tuple(m["class_names"]),
+                               tuple(m["fine_to_target"]))
+
+    def __call__(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """Runs the signature on encoded images; raises tf.errors.InvalidArgumentError when one
+        of them is not an image or does not decode."""
+        out = self.signature(**{export.INPUT_NAME: tf.constant(list(images), tf.string)})
+        return {k: v.numpy() for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------- the files
+
+def find_images(paths: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(image files, [(path, reason)] for paths that do not exist). Folders are searched
+    recursively for IMAGE_EXTENSIONS, in sorted order; files are taken as given."""
+    files, errors = [], []
+    for path in paths:
+        if os.path.isdir(path):
+            found = []
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                found += [os.path.join(root, n) for n in sorted(names)
+                          if n.lower().endswith(IMAGE_EXTENSIONS)]
+            files += found
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            errors.append((path, "no such file or folder"))
+    return files, errors
+
+
+def image_problem(data: bytes) -> Optional[str]:
+    """Why these bytes cannot be an input (None when they can): the signature's magic check."""
+    if not data:
+        return "empty file"
+    if not (data.startswith(export.JPEG_MAGIC) or data.startswith(export.PNG_MAGIC)):
+        return "not a JPEG or PNG image"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ EXIF
+
+def read_settings(data: bytes) -> Optional[dict]:
+    """{"exposure_time", "f_number", "iso"} (None for absent values) of the embedded EXIF, or None
+    when the photo has none or Pillow cannot read it. Never raises."""
+    try:
+        from PIL import Image
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data" and the like
+            values = _pillow_settings(Image, data)
+    except Exception:  # noqa: BLE001 - unreadable EXIF is "no EXIF", never a failure
+        return None
+    out = {}
+    for key, value in values.items():
+        try:
+            value = None if value is None else float(value)
+        except (TypeError, ValueError):
+            value = None
+        out[key] = value if value is not None and math.isfinite(value) and value > 0 else None
+    return out if any(v is not None for v in out.values()) else None
+
+
+def _pillow_settings(Image, data: bytes) -> dict:
+    with Image.open(io.BytesIO(data)) as image:
+        try:
+            from exif_keras import exif as exif_lib
+        except ImportError:  # minimal fallback: the Exif IFD's ExposureTime, FNumber, ISO
+            ifd = image.getexif().get_ifd(0x8769)
+            iso = ifd.get(0x8827)
+            return {"exposure_time": ifd.get(0x829A), "f_number": ifd.get(0x829D),
+                    "iso": iso[0] if isinstance(iso, (tuple, list)) and iso else iso}
+        settings = exif_lib.read_embedded_exif(image).settings()
+        return {k: getattr(settings, k, None) for k in ("exposure_time", "f_number", "iso")}
+
+
+FIELD_SETTING = {"shutter": "exposure_time", "aperture": "f_number", "iso": "iso"}
+
+
+def format_value(field: str, value: float) -> str:
+    if field == "shutter":
+        if value < 1:
+            return f"1/{round(1 / value)} s" if round(1 / value) > 1 else f"{value:g} s"
+        return f"{value:g} s"
+    if field == "aperture":
+        return f"f/{value:.2g}" if value < 10 else f"f/{value:.0f}"
+    return f"ISO {value:g}"
+
+
+def exif_truth(task: labels.TaskSpec, settings: Optional[dict]) -> Optional[dict]:
+    """The photo's own value of the task's field and its class: {"value", "text", "class_id"}
+    (class_id None when the task leaves the value out), or None without that EXIF field."""
+    if not settings:
+        return None
+    value = settings.get(FIELD_SETTING[task.field])
+    if value is None:
+        return None
+    fine = labels.field_spec(task.field).classify(value)
+    target = task.target(fine)
+    return {"value": value, "text": format_value(task.field, value),
+            "class_id": None if target == labels.NO_LABEL else int(target)}
+
+
+# ------------------------------------------------------------------------------------------- run
+
+@dataclasses.dataclass
+class Result:
+    path: str
+    class_id: int
+    class_name: str
+    probabilities: list
+    exif: Optional[dict]
+
+    @property
+    def probability(self) -> float:
+        return float(self.probabilities[self.class_id])
+
+
+def _predict_batch(predictor: Predictor, batch: list[tuple[str, bytes]],
+                   failed: list[tuple[str, str]]) -> list[tuple[str, bytes, dict]]:
+    """(path, data, outputs of that photo) for each photo of the batch that runs; a failing batch
+    is retried photo by photo so one bad file does not take the others down."""
+    try:
+        out = predictor([data for _, data in batch])
+    except tf.errors.InvalidArgumentError as e:
+        if len(batch) == 1:
+            failed.append((batch[0][0], export.first_line(e.message)
+                           .replace(f"{export.INPUT_NAME}[0] ", "")))
+            return []
+        done = []
+        for item in batch:
+            done += _predict_batch(predictor, [item], failed)
+        return done
+    return [(path, data, {k: v[i] for k, v in out.items()})
+            for i, (path, data) in enumerate(batch)]
+
+
+def summarize(results: Sequence[Result], failed: Sequence[tuple[str, str]],
+              class_names: Sequence[str]) -> dict:
+    with_class = [r for r in results if r.exif and r.exif.get("class_id") is not None]
+    per_class = []
+    for i, name in enumerate(class_names):
+        rows = [r for r in with_class if r.exif["class_id"] == i]
+        agree = sum(r.class_id == i for r in rows)
+        per_class.append({"class_name": name, "photos": len(rows), "agree": agree,
+                          "rate": agree / len(rows) if rows else None})
+    agree = sum(r.class_id == r.exif["class_id"] for r in with_class)
+    return {
+        "photos": len(results),
+        "failed": len(failed),
+        "with_exif": sum(r.exif is not None for r in results),
+        "with_exif_class": len(with_class),
+        "agree": agree,
+        "agreement": agree / len(with_class) if with_class else None,
+        "per_class": per_class,
+    }
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def summary_text(summary: dict, field: Optional[str]) -> str:
+    lines = [f"{summary['photos']} photo(s) predicted, {summary['failed']} failed."]
+    if field and summary["with_exif"]:
+        lines.append(f"{summary['with_exif']} with EXIF {field}; {summary['with_exif_class']} of "
+                     f"them in this task's classes; the prediction agrees for "
+                     f"{summary['agree']} ({_pct(summary['agreement'])}).")
+        if summary["with_exif_class"]:
+            width = max(len("EXIF class"), *(len(c["class_name"]) for c in summary["per_class"]))
+            lines.append(f"  {'EXIF class':<{width}}  photos  agree    rate")
+            for c in summary["per_class"]:
+                lines.append(f"  {c['class_name']:<{width}}  {c['photos']:>6}  {c['agree']:>5}"
+                             f"  {_pct(c['rate']):>6}")
+    return "\n".join(lines)
+
+
+def _line(result: Result, class_names: Sequence[str], as_json: bool) -> str:
+    exif = None
+    if result.exif is not None:
+        cid = result.exif["class_id"]
+        exif = {"value": result.exif["value"], "text": result.exif["text"], "class_id": cid,
+                "class_name": None if cid is None else class_names[cid],
+                "agrees": None if cid is None else cid == result.class_id}
+    if as_json:
+        return json.dumps({"path": result.path, "class_id": result.class_id,
+                           "class_name": result.class_name,
+                           "probability": round(result.probability, 6),
+                           "probabilities": [round(float(p), 6) for p in result.probabilities],
+                           "exif": exif})
+    text = f"{result.path}  {result.class_name}  {result.probability:.3f}"
+    if exif is not None:
+        if exif["class_id"] is None:
+            text += f"  | EXIF {exif['text']}: not in this task's classes"
+        else:
+            text += (f"  | EXIF {exif['text']}: {exif['class_name']}, "
+                     f"{'agrees' if exif['agrees'] else 'differs'}")
+    return text
+
+
+def run(paths: Sequence[str], model: str, version: Optional[int] = None,
+        batch_size: int = DEFAULT_BATCH_SIZE, as_json: bool = False,
+        out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+    """The CLI without flags: prints results to ``out`` and failures to ``err``; returns the exit
+    status (0 all predicted, 1 some path failed, 2 usage error)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if not paths:
+        print("predict: error: no PATH given (image files or folders)", file=err)
+        return 2
+    if batch_size < 1:
+        print("predict: error: --batch_size must be at least 1", file=err)
+        return 2
+    try:
+        predictor = Predictor.load(model, version)
+    except PredictError as e:
+        print(f"predict: error: {e}", file=err)
+        return 2
+    task = predictor.task
+    class_names = (list(task.class_names) if task else predictor.metadata.get("class_names"))
+
+    files, failed = find_images(paths)
+    for path, reason in failed:
+        print(f"{path}: {reason}", file=err)
+    results: list[Result] = []
+
+    def report(path, reason):
+        failed.append((path, reason))
+        print(f"{path}: skipped: {reason}", file=err)
+
+    def flush(batch):
+        batch_failed: list[tuple[str, str]] = []
+        for path, data, outputs in _predict_batch(predictor, batch, batch_failed):
+            cid = int(outputs[export.OUTPUT_CLASS_IDS])
+            name = outputs[export.OUTPUT_CLASS_NAMES]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            truth = exif_truth(task, read_settings(data)) if task else None
+            result = Result(path, cid, name, outputs[export.OUTPUT_PROBABILITIES].tolist(), truth)
+            results.append(result)
+            print(_line(result, class_names or [], as_json), file=out, flush=True)
+        for path, reason in batch_failed:
+            report(path, reason)
+
+    batch: list[tuple[str, bytes]] = []
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            report(path, f"cannot read: {e.strerror or e}")
+            continue
+        problem = image_problem(data)
+        if problem:
+            report(path, problem)
+            continue
+        batch.append((path, data))
+        if len(batch) >= batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+
+    summary = summarize(results, failed, class_names or [])
+    if as_json:
+        print(json.dumps({"summary": summary}), file=out)
+    else:
+        print(summary_text(summary, task.field if task else None), file=out)
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+_MODEL = export._flag(flags.DEFINE_string, "model", None,
+                      "Exported model folder (models/exif_<field>) or one of its version folders.")
+_VERSION = export._VERSION  # --version, shared with exif_keras.export
+_BATCH_SIZE = export._flag(flags.DEFINE_integer, "batch_size", DEFAULT_BATCH_SIZE,
+                           "Photos per call of the model.")
+_JSON = export._flag(flags.DEFINE_boolean, "json", False,
+                     "One JSON object per line (photos, then a summary) instead of text.")
+for _name in ("model", "version", "batch_size", "json"):  # listed by --help of this module
+    flags.declare_key_flag(_name)
+
+
+def main(argv: Sequence[str]) -> int:
+    if not _MODEL.value:
+        print("predict: error: --model is required (e.g. --model=models/exif_shutter)",
+              file=sys.stderr)
+        return 2
+    return run(list(argv[1:]), _MODEL.value, _VERSION.value, _BATCH_SIZE.value, _JSON.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,509 @@
+"""Tests of the TensorFlow Serving export (exif_keras/export.py) on a tiny model.
+
+A fake run folder (model_config.json, run_config.json, best.weights.h5 of a randomly initialised
+tiny "scratch" model) is written here; nothing is trained and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
+from PIL import Image
+from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.protobuf import saved_model_pb2
+
+from exif_keras import dataset, export, labels
+from exif_keras import model as model_lib
+
+K, P = 2, 32   # patches per image, patch size: tiny keeps the tests fast
+FIELD, TASK = "shutter", "binary"
+PY_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_EXIF = os.path.join(os.path.dirname(REPO), "shared", "corpora", "real-exif")
+SAVED_MODEL_CLI = os.path.join(REPO, ".venv", "bin", "saved_model_cli")
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+def tiny_config() -> model_lib.ModelConfig:
+    return model_lib.ModelConfig(num_classes=2, num_patches=K, patch_size=P, backbone="scratch",
+                                 backbone_weights=None, filters=4, dense_units=8)
+
+
+def make_run(model_dir: str, seed: int = 1) -> keras.Model:
+    """A run folder as exif_keras.train leaves it, with random weights; returns the model."""
+    config = tiny_config()
+    model_lib.save_config(config, model_dir)
+    task = labels.task_spec(FIELD, TASK)
+    with open(os.path.join(model_dir, export.RUN_CONFIG), "w") as f:
+        json.dump({"train": {"field": FIELD, "task": TASK}, "task": task.to_json()}, f)
+    keras.utils.set_random_seed(seed)
+    model = model_lib.build_model(config)
+    # Non-trivial BatchNorm statistics, so that inference mode matters.
+    for layer in model_lib.per_patch_of(model).get_layer("trunk").layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(np.linspace(-0.5, 0.5, n).astype("float32"))
+            layer.moving_variance.assign(np.linspace(0.5, 2.0, n).astype("float32"))
+    model.save_weights(os.path.join(model_dir, export.BEST_WEIGHTS))
+    return model
+
+
+def textured(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([yy * 3 % 256, xx * 5 % 256, (yy + xx) % 256], axis=-1)
+    return np.clip(base + rng.integers(-30, 31, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def encode(array: np.ndarray, fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def real_photo(max_bytes: int = 300_000):
+    """The first real-exif JPEG (sorted) that TensorFlow decodes, or None without the corpus."""
+    if not os.path.isdir(REAL_EXIF):
+        return None
+    for root, dirs, names in os.walk(REAL_EXIF):
+        dirs.sort()
+        for name in sorted(names):
+            if not name.lower().endswith((".jpg", ".jpeg")):
+                continue
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            if not data.startswith(export.JPEG_MAGIC) or len(data) > max_bytes:
+                continue
+            try:
+                image = tf.io.decode_jpeg(data, channels=3)
+            except tf.errors.InvalidArgumentError:
+                continue
+            if min(image.shape[:2]) >= P:
+                return path, data
+    return None
+
+
+def keras_probabilities(model: keras.Model, encoded: bytes) -> np.ndarray:
+    """What evaluation computes: decode, the k patches of the grid, the Keras model."""
+    patches = dataset.extract_patches(dataset.decode_image(tf.constant(encoded)), K, P,
+                                      is_training=False)
+    return model(patches[None], training=False).numpy()[0]
+
+
+def tf_serving_rest_predict(signature, body: str) -> dict:
+    """What TensorFlow Serving does with a REST predict body in the row ("instances") format for
+    a signature with one input: every instance is that input's value, {"b64": ...} objects are
+    base64-decoded into DT_STRING elements; the answer is {"predictions": [one object per row
+    with every output]} (a DT_STRING output whose name does not end in "_bytes" is plain text)."""
+    request = json.loads(body)
+    (name,) = signature.structured_input_signature[1]
+    values = []
+    for instance in request["instances"]:
+        if isinstance(instance, dict) and set(instance) == {name}:
+            instance = instance[name]
+        assert isinstance(instance, dict) and set(instance) == {"b64"}, instance
+        values.append(base64.b64decode(instance["b64"]))
+    outputs = {k: v.numpy() for k, v in signature(**{name: tf.constant(values)}).items()}
+    predictions = []
+    for i in range(len(values)):
+        row = {}
+        for key, value in outputs.items():
+            item = value[i]
+            row[key] = item.decode() if isinstance(item, bytes) else item.tolist()
+        predictions.append(row)
+    return json.loads(json.dumps({"predictions": predictions}))
+
+
+# ------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("run"))
+    make_run(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keras_model(run_dir):
+    model = model_lib.build_model(tiny_config())
+    model.load_weights(os.path.join(run_dir, export.BEST_WEIGHTS))
+    return model
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, models_dir):
+    """Version 1, exported once for the module (model=None: rebuilt from the run folder)."""
+    return export.export_model(run_dir, os.path.join(models_dir, "exif_shutter"))
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported)
+
+
+@pytest.fixture(scope="module")
+def signature(loaded):
+    return loaded.signatures["serving_default"]
+
+
+def serve(signature, images) -> dict:
+    return {k: v.numpy() for k, v in signature(image_bytes=tf.constant(images)).items()}
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+def test_version_folder_layout(exported, models_dir):
+    export_dir = os.path.join(models_dir, "exif_shutter")
+    assert exported == os.path.join(export_dir, "1")
+    for name in ("saved_model.pb", "variables",
+                 os.path.join("assets.extra", "tf_serving_warmup_requests"),
+                 os.path.join("assets.extra", "exif_keras.json")):
+        assert os.path.exists(os.path.join(exported, name)), name
+    assert not [n for n in os.listdir(export_dir) if n.startswith(export.TMP_PREFIX)]
+    with open(os.path.join(exported, "assets.extra", "exif_keras.json")) as f:
+        meta = json.load(f)
+    task = labels.task_spec(FIELD, TASK)
+    assert meta["field"] == FIELD and meta["task"] == TASK
+    assert meta["class_names"] == list(task.class_names)
+    assert meta["fine_to_target"] == list(task.fine_to_target)
+    assert (meta["num_patches"], meta["patch_size"]) == (K, P)
+    assert meta["model_name"] == "exif_shutter" and meta["version"] == 1
+
+
+def test_signature_as_saved_model_cli_shows_it(exported, signature):
+    if os.path.exists(SAVED_MODEL_CLI):
+        shown = subprocess.run([SAVED_MODEL_CLI, "show", "--all", "--dir", exported],
+                               capture_output=True, text=True, check=True, timeout=120).stdout
+        section = re.search(r"signature_def\['serving_default'\]:(.*?)(?:signature_def\[|"
+                            r"The MetaGraph|$)", shown, re.S)
+        assert section, shown
+        text = re.sub(r"\s+", " ", section.group(1))
+        assert "inputs['image_bytes'] tensor_info: dtype: DT_STRING shape: (-1)" in text
+        assert "outputs['probabilities'] tensor_info: dtype: DT_FLOAT shape: (-1, 2)" in text
+        assert "outputs['class_ids'] tensor_info: dtype: DT_INT64 shape: (-1)" in text
+        assert "outputs['class_names'] tensor_info: dtype: DT_STRING shape: (-1)" in text
+        assert "Method name is: tensorflow/serving/predict" in text
+    args, kwargs = signature.structured_input_signature
+    assert args == () and list(kwargs) == ["image_bytes"]
+    assert kwargs["image_bytes"].dtype == tf.string
+    assert kwargs["image_bytes"].shape.as_list() == [None]
+    outputs = signature.structured_outputs
+    assert sorted(outputs) == ["class_ids", "class_names", "probabilities"]
+    assert outputs["probabilities"].dtype == tf.float32
+    assert outputs["probabilities"].shape.as_list() == [None, 2]
+    assert outputs["class_ids"].dtype == tf.int64 and outputs["class_ids"].shape.as_list() == [None]
+    assert outputs["class_names"].dtype == tf.string
+
+
+def test_parity_with_keras_model_on_evaluation_patches(signature, keras_model):
+    images = [encode(textured(90, 130, 0)),          # landscape: 1 x 2 grid
+              encode(textured(130, 90, 1)),          # portrait: 2 x 1 grid
+              encode(textured(45, 200, 2), "PNG"),   # PNG
+              encode(textured(20, 12, 3))]           # smaller than a patch: zero-padded
+    out = serve(signature, images)
+    expected = np.stack([keras_probabilities(keras_model, image) for image in images])
+    np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["class_ids"], expected.argmax(-1))
+    names = labels.task_spec(FIELD, TASK).class_names
+    assert [n.decode() for n in out["class_names"]] == [names[i] for i in out["class_ids"]]
+    # Same bytes, same numbers: again, alone, and in another batch order.
+    np.testing.assert_array_equal(serve(signature, images)["probabilities"], out["probabilities"])
+    for i, image in enumerate(images):
+        np.testing.assert_allclose(serve(signature, [image])["probabilities"][0],
+                                   out["probabilities"][i], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(serve(signature, images[::-1])["probabilities"][::-1],
+                               out["probabilities"], rtol=1e-5, atol=1e-6)
+
+
+def test_png_decodes_to_the_exact_pixels(signature, keras_model):
+    array = textured(70, 100, 4)
+    patches = dataset.extract_patches(tf.constant(array), K, P, is_training=False)
+    expected = keras_model(patches[None], training=False).numpy()
+    np.testing.assert_allclose(serve(signature, [encode(array, "PNG")])["probabilities"],
+                               expected, rtol=1e-5, atol=1e-6)
+
+
+def test_image_smaller_than_a_patch(signature, keras_model):
+    tiny = encode(textured(7, 5, 5))
+    out = serve(signature, [tiny])
+    assert out["probabilities"].shape == (1, 2)
+    np.testing.assert_allclose(out["probabilities"].sum(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out["probabilities"][0], keras_probabilities(keras_model, tiny),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_empty_batch(signature):
+    out = serve(signature, np.array([], dtype=object))
+    assert out["probabilities"].shape == (0, 2) and out["class_ids"].shape == (0,)
+
+
+def test_rest_body_round_trip(signature, keras_model):
+    photos = [encode(textured(100, 150, 6))]
+    real = real_photo()
+    if real is not None:
+        photos.append(real[1])
+    body = json.dumps({"instances": [{"b64": base64.b64encode(p).decode()} for p in photos]})
+    response = tf_serving_rest_predict(signature, body)
+    assert len(response["predictions"]) == len(photos)
+    names = list(labels.task_spec(FIELD, TASK).class_names)
+    for photo, row in zip(photos, response["predictions"]):
+        assert sorted(row) == ["class_ids", "class_names", "probabilities"]
+        np.testing.assert_allclose(row["probabilities"], keras_probabilities(keras_model, photo),
+                                   rtol=1e-5, atol=1e-6)
+        assert row["class_ids"] == int(np.argmax(row["probabilities"]))
+        assert row["class_names"] == names[row["class_ids"]]
+    # The named-input form of an instance is accepted too.
+    named = json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(photos[0])
+                                                       .decode()}}]})
+    assert (tf_serving_rest_predict(signature, named)["predictions"][0]
+            == response["predictions"][0])
+
+
+def test_corrupt_bytes_fail_the_request_then_the_next_one_is_served(signature):
+    good = encode(textured(80, 120, 7))
+    before = serve(signature, [good])
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        serve(signature, [good, b"this is not an image"])
+    assert "image_bytes[1] is not a JPEG or PNG image" in info.value.message
+    assert export.first_line(info.value.message) == "image_bytes[1] is not a JPEG or PNG image"
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        serve(signature, [b""])
+    with pytest.raises(tf.errors.InvalidArgumentError):   # JPEG signature, truncated data
+        serve(signature, [good[: len(good) // 3]])
+    after = serve(signature, [good])
+    np.testing.assert_array_equal(after["probabilities"], before["probabilities"])
+
+
+def test_no_python_ops_in_the_graph(exported):
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(exported, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    ops = set()
+    for meta_graph in saved.meta_graphs:
+        ops |= {node.op for node in meta_graph.graph_def.node}
+        for function in meta_graph.graph_def.library.function:
+            ops |= {node.op for node in function.node_def}
+    assert not ops & PY_OPS, sorted(ops & PY_OPS)
+    assert {"DecodeJpeg", "DecodeImage", "Assert"} <= ops   # the preprocessing is in the graph
+
+
+def _parse_models_config(text: str) -> list[dict]:
+    """models.config -> [{name, base_path, model_platform}] with a small parser of exactly the
+    shape export writes (TensorFlow Serving's own schema: test_models_config_schema)."""
+    body = re.fullmatch(r"\s*model_config_list\s*\{(.*)\}\s*", re.sub(r"#[^\n]*", "", text),
+                        re.S)
+    assert body, text
+    entries = re.findall(r"config\s*\{([^{}]*)\}", body.group(1))
+    assert re.sub(r"config\s*\{[^{}]*\}", "", body.group(1)).strip() == ""
+    out = []
+    for entry in entries:
+        fields = dict(re.findall(r"(\w+)\s*:\s*'([^']*)'", entry))
+        assert re.sub(r"(\w+)\s*:\s*'([^']*)'", "", entry).strip() == "", entry
+        out.append(fields)
+    return out
+
+
+def test_versions_and_models_config(run_dir, models_dir, exported):
+    export_dir = os.path.join(models_dir, "exif_shutter")
+    second = export.export_model(run_dir, export_dir)
+    assert second == os.path.join(export_dir, "2")
+    assert export.version_numbers(export_dir) == [1, 2]
+    assert export.next_version(export_dir) == 3
+    assert export.latest_version_dir(export_dir) == second
+    with pytest.raises(export.ExportError, match="version 2 already exists"):
+        export.export_model(run_dir, export_dir, version=2)
+    assert export.version_numbers(export_dir) == [1, 2]
+
+    # Every model folder with a complete version is named; others are not.
+    shutil.copytree(exported, os.path.join(models_dir, "exif_aperture", "7"))
+    os.makedirs(os.path.join(models_dir, "half_written", "1"))
+    os.makedirs(os.path.join(models_dir, "exif_shutter", ".tmp-3-deadbeef"))
+    path = export.write_models_config(models_dir)
+    assert path == os.path.join(models_dir, "models.config")
+    with open(path) as f:
+        entries = _parse_models_config(f.read())
+    assert entries == [
+        {"name": "exif_aperture", "base_path": "/models/exif_aperture",
+         "model_platform": "tensorflow"},
+        {"name": "exif_shutter", "base_path": "/models/exif_shutter",
+         "model_platform": "tensorflow"},
+    ]
+    export.write_models_config(models_dir, serving_base_path="/srv/models/")
+    with open(path) as f:
+        assert [e["base_path"] for e in _parse_models_config(f.read())] == [
+            "/srv/models/exif_aperture", "/srv/models/exif_shutter"]
+
+
+def test_models_config_schema(tmp_path, exported):
+    """models.config parsed by protobuf's text format into TensorFlow Serving's own schema."""
+    try:
+        from google.protobuf import text_format
+        from tensorflow_serving.config import model_server_config_pb2
+    except ImportError:
+        pytest.skip("tensorflow-serving-api (pip install -e .[serving]) is not installed; "
+                    "models.config is checked by the small parser of "
+                    "test_versions_and_models_config")
+    shutil.copytree(exported, str(tmp_path / "exif_iso" / "1"))
+    with open(export.write_models_config(str(tmp_path))) as f:
+        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    (entry,) = config.model_config_list.config
+    assert (entry.name, entry.base_path, entry.model_platform) == (
+        "exif_iso", "/models/exif_iso", "tensorflow")
+
+
+def _prediction_log_class():
+    """PredictionLog: tensorflow-serving-api's when installed, else built here from the field
+    numbers of tensorflow_serving/apis/{prediction_log,predict,model}.proto, so that protobuf's
+    own parser (not export's decoder) checks the hand-written encoding."""
+    try:
+        from tensorflow_serving.apis import prediction_log_pb2
+        return prediction_log_pb2.PredictionLog
+    except ImportError:
+        pass
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.DescriptorPool()
+    for module in (tensor_pb2,):  # tensor.proto and its dependencies
+        _add_file(pool, module.DESCRIPTOR)
+    f = descriptor_pb2.FileDescriptorProto(name="exif_keras_test/prediction_log.proto",
+                                           package="exif_keras_test", syntax="proto3")
+    f.dependency.append(tensor_pb2.DESCRIPTOR.name)
+    T = descriptor_pb2.FieldDescriptorProto
+
+    def message(name, *fields):
+        m = f.message_type.add(name=name)
+        for number, field_name, kind, type_name in fields:
+            extra = {"type_name": type_name} if type_name else {}
+            m.field.add(name=field_name, number=number, label=T.LABEL_OPTIONAL, type=kind,
+                        **extra)
+        return m
+
+    message("ModelSpec", (1, "name", T.TYPE_STRING, None),
+            (3, "signature_name", T.TYPE_STRING, None))
+    request = message("PredictRequest", (1, "model_spec", T.TYPE_MESSAGE,
+                                         ".exif_keras_test.ModelSpec"))
+    entry = request.nested_type.add(name="InputsEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, label=T.LABEL_OPTIONAL, type=T.TYPE_STRING)
+    entry.field.add(name="value", number=2, label=T.LABEL_OPTIONAL, type=T.TYPE_MESSAGE,
+                    type_name=".tensorflow.TensorProto")
+    request.field.add(name="inputs", number=2, label=T.LABEL_REPEATED, type=T.TYPE_MESSAGE,
+                      type_name=".exif_keras_test.PredictRequest.InputsEntry")
+    message("PredictLog", (1, "request", T.TYPE_MESSAGE, ".exif_keras_test.PredictRequest"))
+    message("PredictionLog", (6, "predict_log", T.TYPE_MESSAGE, ".exif_keras_test.PredictLog"))
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(
+        "exif_keras_test.PredictionLog"))
+
+
+def _add_file(pool, file_descriptor):
+    for dependency in file_descriptor.dependencies:
+        _add_file(pool, dependency)
+    try:
+        pool.FindFileByName(file_descriptor.name)
+    except KeyError:
+        from google.protobuf import descriptor_pb2
+
+        proto = descriptor_pb2.FileDescriptorProto()
+        file_descriptor.CopyToProto(proto)
+        pool.Add(proto)
+
+
+def test_warmup_requests(exported, signature):
+    path = os.path.join(exported, "assets.extra", "tf_serving_warmup_requests")
+    records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+    assert 2 <= len(records) <= 1000            # TensorFlow Serving reads at most 1000
+    decoded = export.read_warmup(path)
+    prediction_log = _prediction_log_class()
+    sizes = []
+    for record, request in zip(records, decoded):
+        assert request["model_name"] == "exif_shutter"
+        assert request["signature_name"] == "serving_default"
+        assert list(request["inputs"]) == ["image_bytes"]
+        tensor = request["inputs"]["image_bytes"]
+        assert tensor.dtype == tf.string.as_datatype_enum
+        images = list(tf.make_ndarray(tensor))
+        sizes.append(len(images))
+        assert all(image.startswith(export.JPEG_MAGIC) for image in images)
+        assert serve(signature, images)["probabilities"].shape == (len(images), 2)
+        # protobuf's own parser reads the same request
+        log = prediction_log.FromString(record)
+        req = log.predict_log.request
+        assert (req.model_spec.name, req.model_spec.signature_name) == (
+            "exif_shutter", "serving_default")
+        assert list(tf.make_ndarray(req.inputs["image_bytes"])) == images
+        assert log.SerializeToString() == record   # the encoding is canonical
+    assert sizes == [1, 1, 1, 3]
+
+
+def test_prediction_log_codec_round_trip():
+    tensor = tf.make_tensor_proto([b"\xff\xd8\xffabc", b"x" * 300], dtype=tf.string, shape=[2])
+    record = export.encode_prediction_log("m", {"image_bytes": tensor.SerializeToString()})
+    back = export.decode_prediction_log(record)
+    assert back["model_name"] == "m" and back["signature_name"] == "serving_default"
+    assert list(tf.make_ndarray(back["inputs"]["image_bytes"])) == [b"\xff\xd8\xffabc",
+                                                                    b"x" * 300]
+    with pytest.raises(ValueError):
+        export.decode_prediction_log(b"\x0a\x00")
+
+
+def test_export_of_a_given_model_and_warmup_images(tmp_path, run_dir, keras_model):
+    photo = encode(textured(64, 64, 8))
+    photo_path = tmp_path / "warm.jpg"
+    photo_path.write_bytes(photo)
+    path = export.export_model(run_dir, str(tmp_path / "m" / "exif_shutter"), version=5,
+                               model=keras_model, warmup_images=[photo, str(photo_path)],
+                               write_config=False)
+    assert path.endswith(os.path.join("exif_shutter", "5"))
+    assert not (tmp_path / "m" / "models.config").exists()
+    records = export.read_warmup(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
+    assert [list(tf.make_ndarray(r["inputs"]["image_bytes"])) for r in records] == [
+        [photo], [photo], [photo, photo]]
+    with pytest.raises(export.ExportError, match="warmup image"):
+        export.export_model(run_dir, str(tmp_path / "m" / "exif_shutter"), model=keras_model,
+                            warmup_images=[b"nope"], write_config=False)
+    assert export.version_numbers(str(tmp_path / "m" / "exif_shutter")) == [5]
+
+
+def _run_main(argv):
+    with flagsaver.flagsaver():
+        rest = flags.FLAGS(argv, known_only=True)
+        try:
+            return export.main(rest)
+        finally:
+            flags.FLAGS.unparse_flags()
+
+
+def test_cli_errors_without_traceback(tmp_path, run_dir, exported, models_dir, capsys):
+    missing = str(tmp_path / "no_such_run")
+    assert _run_main(["export", f"--model_dir={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert "export: error:" in err and "no_such_run" in err and "does not exist" in err
+    assert "Traceback" not in err
+    assert _run_main(["export", f"--model_dir={run_dir}", "--version=1",
+                      f"--export_dir={os.path.join(models_dir, 'exif_shutter')}"]) == 2
+    assert "version 1 already exists" in capsys.readouterr().err
+    half = tmp_path / "half"
+    half.mkdir()
+    model_lib.save_config(tiny_config(), str(half))
+    assert _run_main(["export", f"--model_dir={half}"]) == 2
+    assert "run_config.json, best.weights.h5" in capsys.readouterr().err
