@@ -91,7 +91,6 @@ VGG16_LAYERS: tuple[tuple[str, Optional[int]], ...] = tuple(
         (f"block{block}_pool", None),
     )
 )
-SCRATCH_WIDTH_DIVISOR = 2  # scratch trunk: half of VGG16's filters per block
 
 CONFIG_FILENAME = "model_config.json"
 
@@ -120,6 +119,7 @@ class ModelConfig:
     std: tuple = (64.0,) * 3
     patch_mode: str = "folded"  # "folded" | "time_distributed"
     dropout: float = 0.0  # after the averaged ReLU, before the output layer
+    scratch_width_divisor: int = 2  # scratch trunk: VGG16's filters per layer divided by this
     batchnorm_momentum: float = 0.99  # Keras' default; lower it (0.9) for runs of few steps
 
     def __post_init__(self):
@@ -148,6 +148,9 @@ class ModelConfig:
             raise ValueError("mean and std must each have 3 values (R, G, B)")
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
+        if self.scratch_width_divisor < 1:
+            raise ValueError(
+                f"scratch_width_divisor must be at least 1, got {self.scratch_width_divisor}")
         if not 0.0 <= self.batchnorm_momentum < 1.0:
             raise ValueError(f"batchnorm_momentum must be in [0, 1), got {self.batchnorm_momentum}")
         if not 0.0 <= self.dropout < 1.0:
@@ -440,7 +443,8 @@ def build_trunk(config: ModelConfig) -> keras.Model:
         else:
             index = kind[len("conv"):]
             x = keras.layers.Conv2D(
-                width // SCRATCH_WIDTH_DIVISOR, 3, padding="same", use_bias=False, name=name
+                max(1, width // config.scratch_width_divisor), 3, padding="same", use_bias=False,
+                name=name
             )(x)
             x = keras.layers.BatchNormalization(
                 momentum=config.batchnorm_momentum, name=f"{block}_bn{index}"

@@ -47,6 +47,9 @@ _BACKBONE_WEIGHTS = flags.DEFINE_string(
     "imagenet (Keras download and cache), a path to vgg16_weights_tf_dim_ordering_tf_kernels_"
     "notop.h5, or none (random; for tests and benchmarks).")
 _FILTERS = flags.DEFINE_integer("filters", 64, "Filters F of the four head convolutions.")
+_SCRATCH_WIDTH = flags.DEFINE_integer(
+    "scratch_width_divisor", 2, "The scratch backbone has VGG16's filters per layer divided by "
+    "this (2: half as wide).", lower_bound=1)
 _L2 = flags.DEFINE_float("l2", 1e-3, "L2 weight of the head's kernels.")
 _BN_MOMENTUM = flags.DEFINE_float(
     "batchnorm_momentum", 0.99, "Momentum of the moving statistics of batch normalisation; 0.9 "
@@ -96,6 +99,7 @@ class TrainConfig:
     trunk_layer: str = "block3_conv3"
     backbone_weights: Optional[str] = "imagenet"
     filters: int = 64
+    scratch_width_divisor: int = 2
     l2: float = 1e-3
     batchnorm_momentum: float = 0.99
     learning_rate: float = 1e-3
@@ -125,7 +129,8 @@ class TrainConfig:
                    patch_size=_PATCH_SIZE.value, backbone=_BACKBONE.value,
                    trunk_layer=_TRUNK_LAYER.value,
                    backbone_weights=None if weights.lower() in ("", "none") else weights,
-                   filters=_FILTERS.value, l2=_L2.value,
+                   filters=_FILTERS.value, scratch_width_divisor=_SCRATCH_WIDTH.value,
+                   l2=_L2.value,
                    batchnorm_momentum=_BN_MOMENTUM.value, learning_rate=_LEARNING_RATE.value,
                    label_smoothing=_LABEL_SMOOTHING.value, normalization=_NORMALIZATION.value,
                    patch_mode=_PATCH_MODE.value, mixed_precision=_MIXED_PRECISION.value,
@@ -261,6 +266,7 @@ def train(config: TrainConfig) -> dict:
         patch_size=config.patch_size, backbone=config.backbone, trunk_layer=config.trunk_layer,
         backbone_weights=config.backbone_weights, filters=config.filters, l2=config.l2,
         batchnorm_momentum=config.batchnorm_momentum,
+        scratch_width_divisor=config.scratch_width_divisor,
         normalization=config.normalization, mean=tuple(mean), std=tuple(std),
         patch_mode=config.patch_mode)
 
