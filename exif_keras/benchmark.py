@@ -80,7 +80,7 @@ except Exception as e:  # noqa: BLE001 - any failure to import only disables tha
     export_lib = None
     EXPORT_IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
-SECTIONS = ("pipeline", "train", "patch_modes", "serving")
+SECTIONS = ("convert", "pipeline", "train", "patch_modes", "serving")
 PIPELINE_FIELD, PIPELINE_TASK = "shutter", "fine"   # every sample photo has a fine shutter class
 SERVING_FIELD, SERVING_TASK = "shutter", "binary"
 SERVING_IMAGE_SIZE = (500, 375)                      # width, height of the served JPEGs
@@ -114,6 +114,8 @@ class BenchConfig:
     work_dir: Optional[str] = None          # None: a temporary folder, removed at the end
     seed: int = 0
     quick: bool = False
+    convert_dirs: tuple = ()                # more folders for the convert section (any layout)
+    convert_workers: int = 0                # make_records --workers; 0: one per core
 
     def __post_init__(self):
         self.sections = tuple(self.sections)
@@ -397,6 +399,57 @@ def plain_decode_dataset(records_dir: str, split: str, batch_size: int) -> tf.da
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def pillow_decode_measurement(name: str, paths: Sequence[str]) -> Measurement:
+    """The plain Pillow decode of every file, in this one process: read, open, load."""
+    from PIL import Image
+
+    def step() -> int:
+        for path in paths:
+            try:
+                with open(path, "rb") as f, Image.open(io.BytesIO(f.read())) as image:
+                    image.load()
+            except Exception:  # noqa: BLE001 - corrupt files cost their failed decode too
+                pass
+        return len(paths)
+
+    return Measurement(name, step, steps=1, warmup=0)
+
+
+def convert_section(config: BenchConfig, inputs: Mapping[str, str], work_dir: str,
+                    log: Callable[[str], None]) -> dict:
+    """make_records over a folder (worker pool, sharding, writing) against Pillow's decode of
+    the same files in one process: the converter is decode bound, so this is its yardstick."""
+    from exif_keras import make_records, sources
+
+    workers = config.convert_workers or os.cpu_count() or 1
+    measurements, pairs = [], {}
+    for label, input_dir in inputs.items():
+        layout, items = sources.list_items(input_dir)
+        out = os.path.join(work_dir, f"convert_{label}")
+
+        def convert(input_dir=input_dir, out=out, n=len(items)) -> int:
+            make_records.run(input_dir, out, workers=workers, progress=False)
+            return n
+
+        measurements.append(Measurement(f"make_records_{label}", convert, steps=1, warmup=0))
+        measurements.append(pillow_decode_measurement(
+            f"pillow_decode_{label}", [item.image_path for item in items]))
+        pairs[label] = (f"make_records_{label}", f"pillow_decode_{label}")
+        log(f"  {label}: {len(items)} files ({layout}) in {input_dir}")
+    samples = measure_interleaved(measurements, config.repeats, log)
+    return {
+        "baseline": "pillow_decode",
+        "workers": workers,
+        "inputs": dict(inputs),
+        "measurements": {name: summarise(s) for name, s in samples.items()},
+        "ratios": {f"make_records_vs_pillow_decode_{label}": ratio(samples, of, to)
+                   for label, (of, to) in pairs.items()},
+        "notes": [f"make_records with {workers} worker process(es) against Pillow in one "
+                  "process; ratio = converter images/s / single-process decode images/s; "
+                  "img/CPU-s and cores of make_records count the parent process only"],
+    }
+
+
 def pipeline_section(config: BenchConfig, records_dir: str, steps: int,
                      log: Callable[[str], None] = lambda s: None) -> dict:
     """make_dataset (eval and training) against plain decode_jpeg of the same records."""
@@ -673,6 +726,12 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
     }
     try:
         sample_dir, records_dir = prepare_data(work_dir, config.num_images, config.seed, log)
+        if "convert" in config.sections:
+            log("convert: make_records vs Pillow decode of the same files")
+            inputs = {"sample": sample_dir}
+            for path in config.convert_dirs:
+                inputs[os.path.basename(os.path.normpath(path)) or "dir"] = path
+            result["sections"]["convert"] = convert_section(config, inputs, work_dir, log)
         if "pipeline" in config.sections:
             log("pipeline: make_dataset (eval, train) vs plain decode_jpeg")
             result["sections"]["pipeline"] = pipeline_section(
@@ -724,7 +783,7 @@ def table_rows(result: dict) -> list[list[str]]:
         ratios = {r["of"]: r for r in info["ratios"].values()}
         for name, m in info["measurements"].items():
             r = ratios.get(name)
-            is_base = name == info["baseline"] or name.startswith(info["baseline"] + "_b")
+            is_base = name == info["baseline"] or name.startswith(info["baseline"] + "_")
             rows.append([
                 section, name, _fmt(m["images_per_s"]),
                 f"{_fmt(m['images_per_s_min'])}-{_fmt(m['images_per_s_max'])}",
@@ -739,6 +798,10 @@ def summary_lines(result: dict) -> list[str]:
     """The ratios that answer the section's question, with the goals, and the notes."""
     lines = []
     sections = result["sections"]
+    if "convert" in sections:
+        for key, r in sections["convert"]["ratios"].items():
+            lines.append(f"convert {key}: {r['wall']:.2f}x images/s (paired "
+                         f"{r['wall_paired']:.2f}x)")
     if "pipeline" in sections and "skipped" not in sections["pipeline"]:
         for key, r in sections["pipeline"]["ratios"].items():
             met = r["per_cpu"] >= GOAL_RATIO
@@ -858,6 +921,11 @@ _SERVING_BATCH_SIZES = flags.DEFINE_list("serving_batch_sizes", ["1", "32"],
                                          "Batch sizes of the serving section.")
 _MIXED_PRECISION = _flag(flags.DEFINE_enum, "mixed_precision", "auto", ["auto", "on", "off"],
                          "auto: mixed_float16 when a GPU is visible, float32 otherwise.")
+_CONVERT_DIRS = flags.DEFINE_list(
+    "convert_dirs", [], "More folders for the convert section (any make_records layout), e.g. "
+    "../shared/corpora/real-exif.")
+_CONVERT_WORKERS = flags.DEFINE_integer("convert_workers", 0,
+                                        "make_records workers in the convert section; 0: per core.")
 _WORK_DIR = flags.DEFINE_string("work_dir", None,
                                 "Keeps (and reuses) the sample and records here; default a "
                                 "temporary folder, removed at the end.")
@@ -876,6 +944,7 @@ def config_from_flags() -> BenchConfig:
         "num_images": _NUM_IMAGES.value,
         "serving_batch_sizes": tuple(int(b) for b in _SERVING_BATCH_SIZES.value),
         "mixed_precision": _MIXED_PRECISION.value, "work_dir": _WORK_DIR.value,
+        "convert_dirs": tuple(_CONVERT_DIRS.value), "convert_workers": _CONVERT_WORKERS.value,
     }
     if not _QUICK.value:
         return BenchConfig(**values)
@@ -889,7 +958,7 @@ def config_from_flags() -> BenchConfig:
 FLAG_NAMES = ("sections", "quick", "batch_size", "pipeline_batch_size", "num_patches",
               "patch_size", "filters", "backbone", "trunk_layer", "repeats", "steps",
               "num_images", "serving_batch_sizes", "mixed_precision", "work_dir", "json_out",
-              "markdown")
+              "markdown", "convert_dirs", "convert_workers")
 
 
 def command_line() -> str:

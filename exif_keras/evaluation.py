@@ -3,9 +3,23 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import numpy as np
+
+
+_FORWARD = weakref.WeakKeyDictionary()  # model -> its compiled inference function
+
+
+def _forward_fn(model):
+    """One tf.function per model, so evaluating every epoch traces once, not every time."""
+    import tensorflow as tf
+
+    if model not in _FORWARD:
+        ref = weakref.ref(model)  # the cache must not keep the model alive
+        _FORWARD[model] = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
+    return _FORWARD[model]
 
 
 def predict_split(model, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -13,9 +27,7 @@ def predict_split(model, dataset) -> tuple[np.ndarray, np.ndarray]:
 
     Calls the model directly (one compiled function, on the default device) rather than
     `predict_on_batch`, which under MirroredStrategy splits short batches across replicas."""
-    import tensorflow as tf
-
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = _forward_fn(model)
     ys, ps = [], []
     for patches, y in dataset:
         ps.append(np.asarray(forward(patches), dtype=np.float32))

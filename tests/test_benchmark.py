@@ -65,11 +65,21 @@ def test_every_section_present_with_positive_rates(result):
             assert "skipped" in section
             continue
         assert "skipped" not in section, section.get("skipped")
-        assert section["baseline"] in section["measurements"] or name == "serving"
+        assert section["baseline"] in section["measurements"] or name in ("serving", "convert")
         for m in section["measurements"].values():
             _check_measurement(m, rounds=2)
         assert isinstance(section["notes"], list)
     assert result["seconds"] > 0
+
+
+def test_convert_section(result):
+    convert = result["sections"]["convert"]
+    assert set(convert["measurements"]) == {"make_records_sample", "pillow_decode_sample"}
+    _check_ratio(convert["ratios"]["make_records_vs_pillow_decode_sample"],
+                 "make_records_sample", "pillow_decode_sample")
+    # Every file of the sample, once per round, on both sides.
+    assert convert["measurements"]["pillow_decode_sample"]["images_per_round"] == 12
+    assert convert["measurements"]["make_records_sample"]["images_per_round"] == 12
 
 
 def test_pipeline_section(result):
