@@ -72,6 +72,7 @@ from absl import app, flags, logging
 from exif_keras import dataset as data
 from exif_keras import features, labels, make_records, sample
 from exif_keras import model as model_lib
+from exif_keras.cli import shared_flag
 
 try:  # optional: the serving section is skipped (with the reason) when the export is unusable
     from exif_keras import export as export_lib
@@ -399,54 +400,74 @@ def plain_decode_dataset(records_dir: str, split: str, batch_size: int) -> tf.da
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def pillow_decode_measurement(name: str, paths: Sequence[str]) -> Measurement:
+def pillow_decode(paths: Sequence[str]) -> None:
     """The plain Pillow decode of every file, in this one process: read, open, load."""
     from PIL import Image
 
-    def step() -> int:
-        for path in paths:
-            try:
-                with open(path, "rb") as f, Image.open(io.BytesIO(f.read())) as image:
-                    image.load()
-            except Exception:  # noqa: BLE001 - corrupt files cost their failed decode too
-                pass
-        return len(paths)
-
-    return Measurement(name, step, steps=1, warmup=0)
+    for path in paths:
+        try:
+            with open(path, "rb") as f, Image.open(io.BytesIO(f.read())) as image:
+                image.load()
+        except Exception:  # noqa: BLE001 - corrupt files cost their failed decode too
+            pass
 
 
 def convert_section(config: BenchConfig, inputs: Mapping[str, str], work_dir: str,
                     log: Callable[[str], None]) -> dict:
-    """make_records over a folder (worker pool, sharding, writing) against Pillow's decode of
-    the same files in one process: the converter is decode bound, so this is its yardstick."""
-    from exif_keras import make_records, sources
+    """make_records over a folder against Pillow's decode of the same files in one process: the
+    converter is decode bound, so that decode rate is its yardstick.
+
+    The converter runs as users run it, ``python -m exif_keras.make_records`` in a child process
+    (its workers then stay free of TensorFlow, which this process has loaded); its rate is the
+    manifest's ``seconds``: the conversion itself, worker pool start included, interpreter and
+    TensorFlow start-up excluded (a one-off cost of a few seconds, nothing on MIRFLICKR's scale).
+    CPU time: the child and its workers (``RUSAGE_CHILDREN``), start-up included.
+    The two sides alternate, round after round."""
+    import resource
+    import subprocess
+
+    from exif_keras import sources
 
     workers = config.convert_workers or os.cpu_count() or 1
-    measurements, pairs = [], {}
+    samples, ratios = {}, {}
     for label, input_dir in inputs.items():
         layout, items = sources.list_items(input_dir)
+        paths = [item.image_path for item in items]
         out = os.path.join(work_dir, f"convert_{label}")
-
-        def convert(input_dir=input_dir, out=out, n=len(items)) -> int:
-            make_records.run(input_dir, out, workers=workers, progress=False)
-            return n
-
-        measurements.append(Measurement(f"make_records_{label}", convert, steps=1, warmup=0))
-        measurements.append(pillow_decode_measurement(
-            f"pillow_decode_{label}", [item.image_path for item in items]))
-        pairs[label] = (f"make_records_{label}", f"pillow_decode_{label}")
         log(f"  {label}: {len(items)} files ({layout}) in {input_dir}")
-    samples = measure_interleaved(measurements, config.repeats, log)
+        conv, dec = f"make_records_{label}", f"pillow_decode_{label}"
+        samples[conv], samples[dec] = [], []
+        for r in range(config.repeats):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            done = subprocess.run(
+                [sys.executable, "-m", "exif_keras.make_records", f"--input_dir={input_dir}",
+                 f"--output_dir={out}", f"--workers={workers}", "--progress=false"],
+                capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"make_records failed: {done.stderr[-2000:]}")
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            with open(os.path.join(out, features.MANIFEST)) as f:
+                seconds = json.load(f)["seconds"]
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            samples[conv].append(Sample(seconds, cpu, len(paths)))
+            gc.collect()
+            wall, cpu = time.perf_counter(), time.process_time()
+            pillow_decode(paths)
+            samples[dec].append(Sample(time.perf_counter() - wall, time.process_time() - cpu,
+                                       len(paths)))
+            log(f"  round {r + 1}/{config.repeats}: make_records "
+                f"{len(paths) / samples[conv][-1].wall_s:.1f} img/s, Pillow decode "
+                f"{len(paths) / samples[dec][-1].wall_s:.1f} img/s")
+        ratios[f"make_records_vs_pillow_decode_{label}"] = ratio(samples, conv, dec)
     return {
         "baseline": "pillow_decode",
         "workers": workers,
         "inputs": dict(inputs),
         "measurements": {name: summarise(s) for name, s in samples.items()},
-        "ratios": {f"make_records_vs_pillow_decode_{label}": ratio(samples, of, to)
-                   for label, (of, to) in pairs.items()},
-        "notes": [f"make_records with {workers} worker process(es) against Pillow in one "
-                  "process; ratio = converter images/s / single-process decode images/s; "
-                  "img/CPU-s and cores of make_records count the parent process only"],
+        "ratios": ratios,
+        "notes": [f"make_records (child process, {workers} workers) against Pillow in one "
+                  "process; make_records img/s from its manifest (conversion only); its "
+                  "img/CPU-s counts the child's start-up too"],
     }
 
 
@@ -883,31 +904,22 @@ def format_markdown(result: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ CLI
 
-def _flag(define, name: str, *args, **kwargs):
-    """Defines flag ``name``, or reuses the definition of a module imported earlier (train and
-    predict share --batch_size, --num_patches, ... and may be imported in the same process)."""
-    if name in flags.FLAGS:
-        flags.declare_key_flag(name)
-        return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
-    return define(name, *args, allow_override=True, **kwargs)
-
-
 _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS),
                               f"Sections to run, any of {','.join(SECTIONS)}.")
 _QUICK = flags.DEFINE_boolean("quick", False,
                               "Tiny configuration (k=2, P=64, batch 4, 32 photos, 3 rounds of 2 "
                               "steps): a smoke run; flags given explicitly still win.")
-_BATCH_SIZE = _flag(flags.DEFINE_integer, "batch_size", None,
+_BATCH_SIZE = shared_flag(flags.DEFINE_integer, "batch_size", None,
                     "Training batch B of the train and patch_modes sections; default 8 on CPU, "
                     "32 on GPU.")
 _PIPELINE_BATCH_SIZE = flags.DEFINE_integer("pipeline_batch_size", 32,
                                             "Batch of the pipeline section.", lower_bound=1)
-_NUM_PATCHES = _flag(flags.DEFINE_integer, "num_patches", 8, "Patches k per image.")
-_PATCH_SIZE = _flag(flags.DEFINE_integer, "patch_size", 128, "Patch side P in pixels.")
-_FILTERS = _flag(flags.DEFINE_integer, "filters", 64, "Filters F of the head convolutions.")
-_BACKBONE = _flag(flags.DEFINE_enum, "backbone", "vgg16", list(model_lib.BACKBONES),
+_NUM_PATCHES = shared_flag(flags.DEFINE_integer, "num_patches", 8, "Patches k per image.")
+_PATCH_SIZE = shared_flag(flags.DEFINE_integer, "patch_size", 128, "Patch side P in pixels.")
+_FILTERS = shared_flag(flags.DEFINE_integer, "filters", 64, "Filters F of the head convolutions.")
+_BACKBONE = shared_flag(flags.DEFINE_enum, "backbone", "vgg16", list(model_lib.BACKBONES),
                   "Per-patch trunk (random weights either way).")
-_TRUNK_LAYER = _flag(flags.DEFINE_string, "trunk_layer", "block3_conv3",
+_TRUNK_LAYER = shared_flag(flags.DEFINE_string, "trunk_layer", "block3_conv3",
                      "Last VGG16 layer of the trunk.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Interleaved rounds per section (medians).",
                                 lower_bound=1)
@@ -919,7 +931,7 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 256, "Photos in the generated s
                                    lower_bound=1)
 _SERVING_BATCH_SIZES = flags.DEFINE_list("serving_batch_sizes", ["1", "32"],
                                          "Batch sizes of the serving section.")
-_MIXED_PRECISION = _flag(flags.DEFINE_enum, "mixed_precision", "auto", ["auto", "on", "off"],
+_MIXED_PRECISION = shared_flag(flags.DEFINE_enum, "mixed_precision", "auto", ["auto", "on", "off"],
                          "auto: mixed_float16 when a GPU is visible, float32 otherwise.")
 _CONVERT_DIRS = flags.DEFINE_list(
     "convert_dirs", [], "More folders for the convert section (any make_records layout), e.g. "

@@ -75,6 +75,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from exif_keras import __version__, labels
+from exif_keras.cli import shared_flag
 from exif_keras import dataset as data
 from exif_keras import model as model_lib
 
@@ -93,10 +94,8 @@ DEFAULT_SERVING_BASE_PATH = "/models"
 MODEL_NAME_PREFIX = "exif_"
 TMP_PREFIX = ".tmp-"
 
-# Files of a run folder written by exif_keras.train (train.RUN_CONFIG / train.BEST_WEIGHTS; not
-# imported from there so that this CLI does not pull in the training flags).
-RUN_CONFIG = "run_config.json"
-BEST_WEIGHTS = "best.weights.h5"
+RUN_CONFIG = model_lib.RUN_CONFIG_FILENAME
+BEST_WEIGHTS = model_lib.BEST_WEIGHTS_FILENAME
 
 JPEG_MAGIC = b"\xff\xd8\xff"          # what tf.io.is_jpeg checks
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -584,29 +583,16 @@ def _verify(path: str, images: Sequence[bytes], expected: Mapping[str, tf.Tensor
 
 # ------------------------------------------------------------------------------------------- CLI
 
-def _flag(define, name: str, *args, **kwargs):
-    """Defines flag ``name``, or reuses it when another module already defined it.
-
-    train, export and predict share flag names (--model_dir, --export_dir, --version,
-    --batch_size) and must import into one process in any order (tests; train's export step), so
-    a flag defined here allows a later module to redefine it (``allow_override``): the holders
-    read the flag by name and so follow the definition that won."""
-    if name in flags.FLAGS:
-        flags.declare_key_flag(name)
-        return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
-    return define(name, *args, allow_override=True, **kwargs)
-
-
-_MODEL_DIR = _flag(flags.DEFINE_string, "model_dir", None,
+_MODEL_DIR = shared_flag(flags.DEFINE_string, "model_dir", None,
                    "Run folder of exif_keras.train (model_config.json, run_config.json, "
                    "best.weights.h5).")
-_EXPORT_DIR = _flag(flags.DEFINE_string, "export_dir", None,
+_EXPORT_DIR = shared_flag(flags.DEFINE_string, "export_dir", None,
                     "Model folder that receives the version folders; default "
                     "models/exif_<field>.")
-_VERSION = _flag(flags.DEFINE_integer, "version", None,
+_VERSION = shared_flag(flags.DEFINE_integer, "version", None,
                  "Version number to write (export) / load (predict); default: the next one "
                  "(export), the latest (predict).")
-_SERVING_BASE_PATH = _flag(flags.DEFINE_string, "serving_base_path", DEFAULT_SERVING_BASE_PATH,
+_SERVING_BASE_PATH = shared_flag(flags.DEFINE_string, "serving_base_path", DEFAULT_SERVING_BASE_PATH,
                            "Where the models folder is mounted in the TensorFlow Serving "
                            "container; models.config's base_path is <this>/<model name>.")
 

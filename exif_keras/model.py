@@ -39,7 +39,8 @@ Backbones:
   * "scratch": the paper's no-transfer baseline, trainable. It mirrors VGG16's block structure
     layer for layer up to ``trunk_layer`` (same number of 3x3 "same" convolutions per block, the
     same 2x2 max pools, so the same spatial downsampling and the same layer names), but lighter:
-    half VGG's widths (32, 64, 128, 256, 256 filters for blocks 1..5), no conv bias, and a
+    VGG's widths divided by ``scratch_width_divisor`` (default 2: 32, 64, 128, 256, 256 filters
+    for blocks 1..5; the demo uses 4), no conv bias, and a
     BatchNorm + ReLU after every convolution so it trains from random initialisation.
 
 Under ``keras.config.set_dtype_policy("mixed_float16")`` (set by the caller before
@@ -93,6 +94,9 @@ VGG16_LAYERS: tuple[tuple[str, Optional[int]], ...] = tuple(
 )
 
 CONFIG_FILENAME = "model_config.json"
+# The other files of a run folder that train writes and export reads.
+RUN_CONFIG_FILENAME = "run_config.json"       # resolved flags and the task (class names, grouping)
+BEST_WEIGHTS_FILENAME = "best.weights.h5"     # the best epoch by validation accuracy
 
 
 class BackboneWeightsError(ValueError):

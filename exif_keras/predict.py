@@ -42,6 +42,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from exif_keras import export, labels
+from exif_keras.cli import shared_flag
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DEFAULT_BATCH_SIZE = 16
@@ -375,12 +376,12 @@ def run(paths: Sequence[str], model: str, version: Optional[int] = None,
 
 # ------------------------------------------------------------------------------------------- CLI
 
-_MODEL = export._flag(flags.DEFINE_string, "model", None,
+_MODEL = shared_flag(flags.DEFINE_string, "model", None,
                       "Exported model folder (models/exif_<field>) or one of its version folders.")
 _VERSION = export._VERSION  # --version, shared with exif_keras.export
-_BATCH_SIZE = export._flag(flags.DEFINE_integer, "batch_size", DEFAULT_BATCH_SIZE,
+_BATCH_SIZE = shared_flag(flags.DEFINE_integer, "batch_size", DEFAULT_BATCH_SIZE,
                            "Photos per call of the model.")
-_JSON = export._flag(flags.DEFINE_boolean, "json", False,
+_JSON = shared_flag(flags.DEFINE_boolean, "json", False,
                      "One JSON object per line (photos, then a summary) instead of text.")
 for _name in ("model", "version", "batch_size", "json"):  # listed by --help of this module
     flags.declare_key_flag(_name)

@@ -142,8 +142,8 @@ class TrainConfig:
 
 # Files in model_dir.
 # model_lib.CONFIG_FILENAME (model_config.json): the ModelConfig, everything to rebuild the model
-RUN_CONFIG = "run_config.json"       # the resolved flags and the task (class names, grouping)
-BEST_WEIGHTS = "best.weights.h5"     # best epoch by validation accuracy
+RUN_CONFIG = model_lib.RUN_CONFIG_FILENAME
+BEST_WEIGHTS = model_lib.BEST_WEIGHTS_FILENAME
 BACKUP_DIR = "backup"                # BackupAndRestore state (removed when training completes)
 CSV_LOG = "training_log.csv"
 METRICS = "metrics.json"
