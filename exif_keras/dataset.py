@@ -53,11 +53,13 @@ Decisions (each one named by a module constant or function below):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from exif_keras import features, labels
@@ -121,32 +123,52 @@ def grid_shape(num_patches: int) -> tuple[int, int]:
     return short, num_patches // short
 
 
-def _axis_offsets(slack: tf.Tensor, n: int) -> tf.Tensor:
-    """n evenly spaced int32 offsets in [0, slack], mirror-symmetric, see the module docstring."""
-    if n == 1:
-        return tf.reshape(slack // 2, [1])
-    i = tf.range(n, dtype=tf.int32)
-    first = (i * slack) // (n - 1)
-    mirrored = slack - ((n - 1 - i) * slack) // (n - 1)
-    return tf.where(2 * i <= n - 1, first, mirrored)
+@functools.lru_cache(maxsize=None)
+def _grid_tables(num_patches: int) -> tuple[np.ndarray, np.ndarray]:
+    """Constants of the evaluation grid for k patches, computed once so that the graph does the
+    least work per image (tf.data's cost grows with the number of ops per element):
+    int32 [2 orientations, 2 (index i along the axis, gap count max(n - 1, 1)), 2 axes, k] and
+    bool [2 orientations, 2 axes, k] (patch in the first half of its axis). Orientation 0 is
+    landscape (fewer rows than columns), 1 portrait."""
+    short, long = grid_shape(num_patches)
+    counts = np.zeros([2, 2, 2, num_patches], np.int32)
+    first_half = np.zeros([2, 2, num_patches], bool)
+    for orientation, (rows, cols) in enumerate(((short, long), (long, short))):
+        for axis, (index, n) in enumerate(((np.repeat(np.arange(rows), cols), rows),
+                                           (np.tile(np.arange(cols), rows), cols))):
+            counts[orientation, 0, axis] = index
+            counts[orientation, 1, axis] = max(n - 1, 1)
+            first_half[orientation, axis] = 2 * index <= n - 1
+    return counts, first_half
+
+
+def _grid_offsets(height: tf.Tensor, width: tf.Tensor, num_patches: int,
+                  patch_size: int) -> tf.Tensor:
+    """int32 [2, k] (y row, x row) offsets of the evaluation grid, see :func:`grid_offsets`."""
+    counts, first_half = _grid_tables(num_patches)
+    orientation = tf.cast(width < height, tf.int32)
+    index, gaps = tf.unstack(tf.gather(tf.constant(counts), orientation))
+    slack = tf.stack([height - patch_size, width - patch_size])[:, None]   # [2, 1]
+    if num_patches == 1:  # the centre crop
+        return slack // 2
+    # Along an axis of slack D with n patches: floor(i D / (n - 1)) in the first half, mirrored
+    # D - floor((n - 1 - i) D / (n - 1)) in the second, floor(D / 2) for a lone patch.
+    first = (index * slack) // gaps
+    mirrored = slack - ((gaps - index) * slack) // gaps
+    offsets = tf.where(tf.gather(tf.constant(first_half), orientation), first, mirrored)
+    short, _ = grid_shape(num_patches)
+    if short == 1:  # a 1 x k strip (prime k): its single row (landscape) or column is centred
+        lone = tf.gather(tf.constant([[[True], [False]], [[False], [True]]]), orientation)
+        offsets = tf.where(lone, slack // 2, offsets)
+    return offsets
 
 
 def grid_offsets(height, width, num_patches: int, patch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Top-left (y, x) int32 [k] offsets of the evaluation grid on a (padded) height x width image,
     in raster order. height/width are the sizes *after* padding (each >= patch_size)."""
-    height = tf.convert_to_tensor(height, tf.int32)
-    width = tf.convert_to_tensor(width, tf.int32)
-    short, long = grid_shape(num_patches)
-    dy, dx = height - patch_size, width - patch_size
-
-    def _raster(rows: int, cols: int):
-        ys, xs = _axis_offsets(dy, rows), _axis_offsets(dx, cols)
-        return tf.repeat(ys, cols), tf.tile(xs, [rows])
-
-    land_y, land_x = _raster(short, long)   # landscape: fewer rows than columns
-    port_y, port_x = _raster(long, short)
-    landscape = width >= height
-    return tf.where(landscape, land_y, port_y), tf.where(landscape, land_x, port_x)
+    offsets = _grid_offsets(tf.convert_to_tensor(height, tf.int32),
+                            tf.convert_to_tensor(width, tf.int32), num_patches, patch_size)
+    return offsets[0], offsets[1]
 
 
 def pad_to_min_size(image: tf.Tensor, min_size: int) -> tf.Tensor:
@@ -159,13 +181,9 @@ def pad_to_min_size(image: tf.Tensor, min_size: int) -> tf.Tensor:
     return tf.pad(image, paddings)
 
 
-def random_offsets(height, width, num_patches: int, patch_size: int,
-                   seed: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor]:
-    """k uniform top-left offsets (y in [0, H-P], x in [0, W-P]) on a (padded) image.
-
-    ``seed``: shape-[2] integer tensor for stateless sampling; None uses the stateful
-    ``tf.random.uniform`` (repeatable only under ``tf.random.set_seed`` and a serial pipeline).
-    """
+def _random_offsets(height, width, num_patches: int, patch_size: int,
+                    seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """int32 [2, k] (y row, x row) offsets, see :func:`random_offsets`."""
     slack = tf.stack([tf.convert_to_tensor(height, tf.int32) - patch_size,
                       tf.convert_to_tensor(width, tf.int32) - patch_size])
     if seed is None:
@@ -174,31 +192,43 @@ def random_offsets(height, width, num_patches: int, patch_size: int,
         unit = tf.random.stateless_uniform([2, num_patches], seed=seed, dtype=tf.float32)
     # floor(u * (D + 1)) is uniform on {0..D}; the minimum guards against u * (D + 1) rounding up.
     span = tf.cast(slack + 1, tf.float32)[:, None]
-    offsets = tf.minimum(tf.cast(tf.floor(unit * span), tf.int32), slack[:, None])
+    return tf.minimum(tf.cast(tf.floor(unit * span), tf.int32), slack[:, None])
+
+
+def random_offsets(height, width, num_patches: int, patch_size: int,
+                   seed: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """k uniform top-left offsets (y in [0, H-P], x in [0, W-P]) on a (padded) image.
+
+    ``seed``: shape-[2] integer tensor for stateless sampling; None uses the stateful
+    ``tf.random.uniform`` (repeatable only under ``tf.random.set_seed`` and a serial pipeline).
+    """
+    offsets = _random_offsets(height, width, num_patches, patch_size, seed)
     return offsets[0], offsets[1]
 
 
 def extract_patches(image: tf.Tensor, num_patches: int, patch_size: int, is_training: bool,
-                    seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+                    seed: Optional[tf.Tensor] = None, pad: bool = True) -> tf.Tensor:
     """Decoded uint8 [H, W, 3] (any H, W) -> uint8 [num_patches, P, P, 3].
 
     Training: uniform random crops (stateless from ``seed`` when given). Otherwise: the
     deterministic evaluation grid (:func:`grid_offsets`), also used by the serving export.
-    Images smaller than P in a dimension are zero-padded first (:func:`pad_to_min_size`).
+    Images smaller than P in a dimension are zero-padded first (:func:`pad_to_min_size`);
+    ``pad=False`` skips that step for images known to be at least P on each side.
     """
     if num_patches < 1 or patch_size < 1:
         raise ValueError(f"need num_patches >= 1 and patch_size >= 1, "
                          f"got {num_patches} and {patch_size}")
     image = tf.convert_to_tensor(image)
-    image = pad_to_min_size(image, patch_size)
+    if pad:  # False only where every image is known to be large enough (see make_dataset)
+        image = pad_to_min_size(image, patch_size)
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
     if is_training:
-        ys, xs = random_offsets(height, width, num_patches, patch_size, seed)
+        offsets = _random_offsets(height, width, num_patches, patch_size, seed)
     else:
-        ys, xs = grid_offsets(height, width, num_patches, patch_size)
+        offsets = _grid_offsets(height, width, num_patches, patch_size)
     # k static slices (one op each; fewer ops than a gather, and tf.data map cost is per op)
-    begins = tf.unstack(tf.stack([ys, xs, tf.zeros_like(ys)], axis=1), num=num_patches)
+    begins = tf.unstack(tf.pad(tf.transpose(offsets), [[0, 0], [0, 1]]), num=num_patches)
     patches = tf.stack([tf.slice(image, begin, [patch_size, patch_size, -1]) for begin in begins])
     return tf.ensure_shape(patches, [num_patches, patch_size, patch_size, 3])
 
@@ -209,7 +239,8 @@ class Parser:
     """Decoded record dict -> (patches uint8 [k, P, P, 3], label int32), for one field and task."""
 
     def __init__(self, field: str, task: str = "binary", num_patches: int = 8,
-                 patch_size: int = 128, dct_method: Optional[str] = None):
+                 patch_size: int = 128, dct_method: Optional[str] = None, pad: bool = True):
+        self.pad = pad
         self.task_spec = labels.task_spec(field, task)
         self.field = field
         self.task = task
@@ -246,6 +277,7 @@ class Parser:
         def _parse(decoded: dict, seed: Optional[tf.Tensor] = None):
             image = decode_image(decoded[features.IMAGE_ENCODED], self.dct_method)
             patches = extract_patches(image, self.num_patches, self.patch_size, is_training,
+                                      pad=self.pad,
                                       seed=seed if is_training else None)
             return patches, self.target(decoded)
 
@@ -285,6 +317,15 @@ def read_records(data_dir: str, split: str, is_training: bool, seed: Optional[in
                          num_parallel_calls=num_parallel_calls)
 
 
+def _all_images_fit(data_dir: str, patch_size: int) -> bool:
+    """True when the records' manifest says no image is smaller than a patch (make_records skips
+    images whose shorter side is below --min_side): the pipeline then needs no padding ops."""
+    try:
+        return read_manifest(data_dir)["options"]["min_side"] >= patch_size
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return False
+
+
 def make_dataset(data_dir: str, split: str, field: str, task: str = "binary",
                  batch_size: int = 32, num_patches: int = 8, patch_size: int = 128,
                  is_training: Optional[bool] = None, seed: Optional[int] = None,
@@ -303,7 +344,8 @@ def make_dataset(data_dir: str, split: str, field: str, task: str = "binary",
         is_training = split == "train"
     if deterministic is None:
         deterministic = (not is_training) or seed is not None
-    parser = Parser(field, task, num_patches=num_patches, patch_size=patch_size)
+    parser = Parser(field, task, num_patches=num_patches, patch_size=patch_size,
+                    pad=not _all_images_fit(data_dir, patch_size))
     decoder = Decoder(keys=parser.keys)
 
     ds = read_records(data_dir, split, is_training, seed, num_parallel_calls)
@@ -329,6 +371,10 @@ def make_dataset(data_dir: str, split: str, field: str, task: str = "binary",
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
+    # Fewer, fatter stages: tf.data's per-element overhead is per stage and per op.
+    options.experimental_optimization.map_and_batch_fusion = True
+    options.experimental_optimization.map_fusion = True
+    options.experimental_optimization.map_and_filter_fusion = True
     return ds.with_options(options)
 
 
