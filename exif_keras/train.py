@@ -236,6 +236,17 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
         self.writer.flush()
 
 
+def _model_config(config: TrainConfig, task: labels.TaskSpec, mean, std) -> model_lib.ModelConfig:
+    return model_lib.ModelConfig(
+        num_classes=task.num_classes, num_patches=config.num_patches,
+        patch_size=config.patch_size, backbone=config.backbone, trunk_layer=config.trunk_layer,
+        backbone_weights=config.backbone_weights, filters=config.filters, l2=config.l2,
+        batchnorm_momentum=config.batchnorm_momentum,
+        scratch_width_divisor=config.scratch_width_divisor,
+        normalization=config.normalization, mean=tuple(mean), std=tuple(std),
+        patch_mode=config.patch_mode)
+
+
 def train(config: TrainConfig) -> dict:
     """Trains, evaluates and exports; returns the metrics written to metrics.json."""
     start = time.monotonic()
@@ -261,14 +272,11 @@ def train(config: TrainConfig) -> dict:
     keras.utils.set_random_seed(config.seed)
     strategy, mixed = _configure_devices(config)
     mean, std = data.dataset_mean_std(manifest)
-    model_config = model_lib.ModelConfig(
-        num_classes=task.num_classes, num_patches=config.num_patches,
-        patch_size=config.patch_size, backbone=config.backbone, trunk_layer=config.trunk_layer,
-        backbone_weights=config.backbone_weights, filters=config.filters, l2=config.l2,
-        batchnorm_momentum=config.batchnorm_momentum,
-        scratch_width_divisor=config.scratch_width_divisor,
-        normalization=config.normalization, mean=tuple(mean), std=tuple(std),
-        patch_mode=config.patch_mode)
+    try:
+        model_config = _model_config(config, task, mean, std)
+    except ValueError as e:  # an impossible combination of flags (e.g. a patch too small)
+        raise TrainError(str(e)) from e
+
 
     os.makedirs(model_dir, exist_ok=True)
     model_lib.save_config(model_config, model_dir)
@@ -295,7 +303,10 @@ def train(config: TrainConfig) -> dict:
                    else math.ceil(counts[split] / config.batch_size))
         return ds.apply(tf.data.experimental.assert_cardinality(batches))
 
-    train_ds = make("train", True, in_fit=True)
+    try:
+        train_ds = make("train", True, in_fit=True)
+    except ValueError as e:  # no shards for the split
+        raise TrainError(str(e)) from e
     val_ds = make("validation", False, in_fit=True) if counts["validation"] else None
     if val_ds is not None and drop_last and counts["validation"] < config.batch_size:
         val_ds = None  # not one whole batch to validate on

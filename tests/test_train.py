@@ -105,6 +105,9 @@ def test_no_labelled_example_is_a_clear_error(records, tmp_path):
         train.train(tiny_config(empty, tmp_path / "run"))
     with pytest.raises(train.TrainError, match="make_records"):
         train.train(tiny_config(tmp_path / "nowhere", tmp_path / "run"))
+    with pytest.raises(train.TrainError, match="patch_size 16 is too small"):
+        train.train(tiny_config(records, tmp_path / "run", backbone="vgg16", patch_size=16,
+                                backbone_weights=None))
 
 
 def _cli(*args, timeout=600):
