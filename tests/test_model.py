@@ -423,3 +423,31 @@ def test_tiny_scratch_model_learns_blur_versus_sharp():
     model.fit(x_train, y_train, batch_size=16, epochs=4, verbose=0)
     accuracy = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
     assert accuracy > 0.85, accuracy
+
+
+def test_fused_batch_normalization_matches_keras():
+    """The fused layer is a drop-in for keras.layers.BatchNormalization: outputs, moving
+    statistics, inference and gradients agree."""
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).normal(2.0, 3.0, (16, 8, 8, 5)).astype("float32")
+    reference = keras.layers.BatchNormalization(momentum=0.5)
+    fused = exif_model.FusedBatchNormalization(momentum=0.5)
+    reference.build(x.shape)
+    fused.build(x.shape)
+    for _ in range(2):
+        np.testing.assert_allclose(fused(x, training=True), reference(x, training=True),
+                                   atol=1e-5)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), reference.moving_mean.numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(fused.moving_variance.numpy(),
+                               reference.moving_variance.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(fused(x, training=False), reference(x, training=False),
+                               atol=1e-5)
+    weights = np.arange(5, dtype="float32")
+    with tf.GradientTape(persistent=True) as tape:
+        loss_ref = tf.reduce_mean(reference(x, training=True) ** 2 * weights)
+        loss_fused = tf.reduce_mean(fused(x, training=True) ** 2 * weights)
+    for a, b in zip(tape.gradient(loss_ref, reference.trainable_variables),
+                    tape.gradient(loss_fused, fused.trainable_variables)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
