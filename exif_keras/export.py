@@ -584,17 +584,18 @@ def _verify(path: str, images: Sequence[bytes], expected: Mapping[str, tf.Tensor
 # ------------------------------------------------------------------------------------------- CLI
 
 _MODEL_DIR = shared_flag(flags.DEFINE_string, "model_dir", None,
-                   "Run folder of exif_keras.train (model_config.json, run_config.json, "
-                   "best.weights.h5).")
+                         "Run folder of exif_keras.train (model_config.json, run_config.json, "
+                         "best.weights.h5).")
 _EXPORT_DIR = shared_flag(flags.DEFINE_string, "export_dir", None,
-                    "Model folder that receives the version folders; default "
-                    "models/exif_<field>.")
+                          "Model folder that receives the version folders; default "
+                          "models/exif_<field>.")
 _VERSION = shared_flag(flags.DEFINE_integer, "version", None,
-                 "Version number to write (export) / load (predict); default: the next one "
-                 "(export), the latest (predict).")
-_SERVING_BASE_PATH = shared_flag(flags.DEFINE_string, "serving_base_path", DEFAULT_SERVING_BASE_PATH,
-                           "Where the models folder is mounted in the TensorFlow Serving "
-                           "container; models.config's base_path is <this>/<model name>.")
+                       "Version number to write (export) / load (predict); default: the next "
+                       "one (export), the latest (predict).")
+_SERVING_BASE_PATH = shared_flag(
+    flags.DEFINE_string, "serving_base_path", DEFAULT_SERVING_BASE_PATH,
+    "Where the models folder is mounted in the TensorFlow Serving container; models.config's "
+    "base_path is <this>/<model name>.")
 
 
 def main(argv: Sequence[str]) -> int:

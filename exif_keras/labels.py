@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 NO_LABEL = -1
 FIELDS = ("shutter", "aperture", "iso")
@@ -194,7 +194,3 @@ def classify_all(exposure_time: Optional[float], f_number: Optional[float],
                  iso: Optional[float]) -> dict[str, int]:
     return {"shutter": shutter_class(exposure_time), "aperture": aperture_class(f_number),
             "iso": iso_class(iso)}
-
-
-def class_names(field: str, task: str) -> Sequence[str]:
-    return task_spec(field, task).class_names

@@ -24,10 +24,8 @@ The patch axis is handled one of two ways with identical weights (``patch_mode``
     per step over B patches each. Inference outputs are identical to "folded".
 "folded" is the default: BatchNorm statistics over all patches of the batch, one moving-average
 update per step, one large batched op per layer (what accelerators and XLA prefer), and on CPU it
-did no more work than TimeDistributed (``compare_patch_modes``: 2 shared cores, B=4, k=8, P=128,
-F=64, one training step: process CPU time 1.37 s folded vs 1.62 s time_distributed; wall times
-0.7-2.4 s for either, within the noise of the shared machine, TimeDistributed sometimes ahead by
-running its k unrolled branches in parallel on idle cores).
+was 1.13x faster per training step (``python -m exif_keras.benchmark --sections=patch_modes``;
+figures in BUILD.md).
 
 Backbones:
   * "vgg16": ``keras.applications.VGG16(include_top=False)`` sliced at ``trunk_layer`` by layer
@@ -60,7 +58,6 @@ import dataclasses
 import json
 import os
 import socket
-import time
 from typing import Optional, Sequence
 
 import keras
@@ -201,9 +198,6 @@ def config_from_json(text: str) -> ModelConfig:
     return ModelConfig(**data)
 
 
-from_json = config_from_json  # short alias
-
-
 def save_config(config: ModelConfig, model_dir: str) -> str:
     """Writes ``model_dir/model_config.json`` (local or any tf.io.gfile path); returns the path."""
     import tensorflow as tf
@@ -243,9 +237,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     one backward) for 4-D channels-last maps.
 
     Keras 3 normalises with separate moment, subtract and scale ops and differentiates each: on
-    the CPU the head's four batch normalisations then cost as much as its convolutions (a
-    conv + BN stack of the head, 64 patches, forward and backward: 0.196 s with Keras' layer,
-    0.131 s fused). Same variables and the same moving-average update (population variance, as
+    the CPU the head's four batch normalisations then cost about as much as its convolutions, and
+    the training step fell short of 0.8x the frozen trunk's forward rate (0.78x; 0.83x fused,
+    ``python -m exif_keras.benchmark --sections=train``, BUILD.md). Same variables and the same moving-average update (population variance, as
     Keras keeps it; TensorFlow's kernel returns the Bessel-corrected one, undone here), so weights
     load either way. Other backends, masks, renorm or other shapes use Keras' implementation.
     """
@@ -595,59 +589,3 @@ def compile_model(
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         **compile_kwargs,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark
-
-
-def compare_patch_modes(
-    batch_size: int = 4,
-    num_patches: int = 8,
-    patch_size: int = 128,
-    filters: int = 8,
-    backbone: str = "vgg16",
-    steps: int = 5,
-    warmup: int = 2,
-    seed: int = 0,
-) -> dict:
-    """Seconds per training step (forward + backward + Adam update) for each patch mode.
-
-    Random weights (no download); both models get identical weights and the same batch.
-    Returns ``{"folded": s, "time_distributed": s}`` (median over ``steps``).
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (batch_size, num_patches, patch_size, patch_size, 3), dtype=np.uint8)
-    y = rng.integers(0, 2, (batch_size,))
-    results = {}
-    weights = None
-    for mode in PATCH_MODES:
-        config = ModelConfig(
-            num_classes=2, num_patches=num_patches, patch_size=patch_size, backbone=backbone,
-            backbone_weights=None, filters=filters, patch_mode=mode,
-        )
-        model = build_model(config)
-        if weights is None:
-            weights = model.get_weights()
-        else:
-            model.set_weights(weights)
-        compile_model(model)
-        for _ in range(warmup):
-            model.train_on_batch(x, y)
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            times.append(time.perf_counter() - start)
-        results[mode] = float(np.median(times))
-    return results
-
-
-if __name__ == "__main__":
-    import sys
-
-    args = dict(arg.lstrip("-").split("=", 1) for arg in sys.argv[1:])
-    kwargs = {key: (value if key == "backbone" else int(value)) for key, value in args.items()}
-    print(json.dumps(compare_patch_modes(**kwargs), indent=2))

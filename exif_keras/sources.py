@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Optional
+
 
 LAYOUTS = ("auto", "mirflickr25k", "mirflickr1m", "photos")
 EXIF_VARIANTS = ("auto", "clean", "raw")
@@ -143,10 +143,3 @@ def list_items(input_dir: str, layout: str = "auto", exif_variant: str = "auto")
     if not items:
         raise SourceError(f"no images found in {input_dir!r} for layout {layout}")
     return layout, items
-
-
-def describe(item: Item) -> Optional[str]:
-    """Where an item's EXIF comes from, for logs."""
-    if item.embedded_exif:
-        return "embedded"
-    return ", ".join(variant for variant, _ in item.exif_paths) or None

@@ -8,7 +8,6 @@ ImageNet download is made to fail. Tiny shapes (P=32, k=2, F=4) except where the
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import urllib.error
 
