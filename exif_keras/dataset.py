@@ -236,15 +236,19 @@ def extract_patches(image: tf.Tensor, num_patches: int, patch_size: int, is_trai
 # ----------------------------------------------------------------------------------------- parser
 
 class Parser:
-    """Decoded record dict -> (patches uint8 [k, P, P, 3], label int32), for one field and task."""
+    """Decoded record dict -> (patches uint8 [k, P, P, 3], labels), for one or several heads.
 
-    def __init__(self, field: str, task: str = "binary", num_patches: int = 8,
+    ``labels`` is a dict keyed by head name (the field: ``{"shutter": int32}``), as Model Garden's
+    parsers return labels: a single field is the one-key case of the same path. A head without a
+    target for an example holds ``labels.NO_LABEL`` (-1), which the losses and metrics mask; an
+    example is kept when at least one head has a target.
+    """
+
+    def __init__(self, fields, task: str = "binary", num_patches: int = 8,
                  patch_size: int = 128, dct_method: Optional[str] = None, pad: bool = True):
         self.pad = pad
-        self.task_spec = labels.task_spec(field, task)
-        self.field = field
+        self.heads = labels.task_specs(fields, task)
         self.task = task
-        self.label_key = features.LABEL_KEYS[field]
         self.num_patches = int(num_patches)
         self.patch_size = int(patch_size)
         self.dct_method = dct_method
@@ -253,25 +257,31 @@ class Parser:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
 
     @property
-    def keys(self) -> tuple[str, str]:
+    def keys(self) -> tuple[str, ...]:
         """The features the parser reads."""
-        return (features.IMAGE_ENCODED, self.label_key)
+        return (features.IMAGE_ENCODED,
+                *(features.LABEL_KEYS[head.field] for head in self.heads))
 
-    def target(self, decoded: dict) -> tf.Tensor:
-        """int32 task target of ``decoded[label/<field>]`` (any shape); -1 when left out."""
-        fine = tf.cast(decoded[self.label_key], tf.int32)
-        table = tf.constant(self.task_spec.fine_to_target, tf.int32)
-        size = len(self.task_spec.fine_to_target)
+    @staticmethod
+    def _head_target(head: labels.TaskSpec, decoded: dict) -> tf.Tensor:
+        fine = tf.cast(decoded[features.LABEL_KEYS[head.field]], tf.int32)
+        table = tf.constant(head.fine_to_target, tf.int32)
+        size = len(head.fine_to_target)
         valid = (fine >= 0) & (fine < size)
         return tf.where(valid, tf.gather(table, tf.clip_by_value(fine, 0, size - 1)),
                         labels.NO_LABEL)
 
-    def keep(self, decoded: dict) -> tf.Tensor:
-        """Filter predicate: True where the example has a target for this task."""
-        return self.target(decoded) >= 0
+    def target(self, decoded: dict) -> dict[str, tf.Tensor]:
+        """{head name: int32 task target} of the decoded labels (any shape); -1 when left out."""
+        return {head.name: self._head_target(head, decoded) for head in self.heads}
 
-    def parse_fn(self, is_training: bool) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
-        """fn(decoded, seed=None) -> (patches, label). ``seed`` (shape [2]) drives the training
+    def keep(self, decoded: dict) -> tf.Tensor:
+        """Filter predicate: True where the example has a target for at least one head."""
+        targets = list(self.target(decoded).values())
+        return tf.reduce_any(tf.stack([t >= 0 for t in targets]), axis=0)
+
+    def parse_fn(self, is_training: bool) -> Callable[..., tuple[tf.Tensor, dict]]:
+        """fn(decoded, seed=None) -> (patches, labels). ``seed`` (shape [2]) drives the training
         crops statelessly; it is ignored for evaluation."""
 
         def _parse(decoded: dict, seed: Optional[tf.Tensor] = None):
@@ -302,16 +312,25 @@ def list_shards(data_dir: str, split: str) -> list[str]:
     return files
 
 
-def _stage_seed(seed: Optional[int], stage: str) -> Optional[int]:
-    return None if seed is None else int(seed) + SEED_OFFSETS[stage]
+def _stage_seed(seed: Optional[int], stage: str, epoch: Optional[int] = None) -> Optional[int]:
+    """The seed of one random stage: ``seed + offset``, or, for a given ``epoch``, a number drawn
+    from (seed, epoch, stage) so that epoch e's order and crops are the same whichever process
+    runs it (a run resumed at epoch e sees what the uninterrupted run saw)."""
+    if seed is None:
+        return None
+    if epoch is None:
+        return int(seed) + SEED_OFFSETS[stage]
+    entropy = [int(seed) % 2**32, int(epoch), SEED_OFFSETS[stage]]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0] >> 1)
 
 
 def read_records(data_dir: str, split: str, is_training: bool, seed: Optional[int] = None,
-                 num_parallel_calls=tf.data.AUTOTUNE) -> tf.data.Dataset:
+                 num_parallel_calls=tf.data.AUTOTUNE, epoch: Optional[int] = None
+                 ) -> tf.data.Dataset:
     """Serialized records of a split: shards shuffled per epoch (training) or sorted, interleaved."""
     files = list_shards(data_dir, split)
     ds = tf.data.Dataset.list_files(shard_glob(data_dir, split), shuffle=is_training,
-                                    seed=_stage_seed(seed, "files"))
+                                    seed=_stage_seed(seed, "files", epoch))
     return ds.interleave(tf.data.TFRecordDataset,
                          cycle_length=min(len(files), MAX_CYCLE_LENGTH), block_length=1,
                          num_parallel_calls=num_parallel_calls)
@@ -326,19 +345,25 @@ def _all_images_fit(data_dir: str, patch_size: int) -> bool:
         return False
 
 
-def make_dataset(data_dir: str, split: str, field: str, task: str = "binary",
+def make_dataset(data_dir: str, split: str, field, task: str = "binary",
                  batch_size: int = 32, num_patches: int = 8, patch_size: int = 128,
                  is_training: Optional[bool] = None, seed: Optional[int] = None,
                  shuffle_buffer: int = 1024, repeat: bool = False, drop_remainder: bool = False,
                  cache: bool = False, num_parallel_calls=tf.data.AUTOTUNE,
-                 deterministic: Optional[bool] = None) -> tf.data.Dataset:
-    """Batches (patches uint8 [B, k, P, P, 3], labels int32 [B]) of ``split`` for field/task.
+                 deterministic: Optional[bool] = None, epoch: Optional[int] = None
+                 ) -> tf.data.Dataset:
+    """Batches (patches uint8 [B, k, P, P, 3], {head: labels int32 [B]}) of ``split``.
+
+    ``field``: one field, a comma list, "all" or a sequence (see labels.parse_fields): one label
+    per field, -1 where an image has none (kept when it has at least one).
 
     ``is_training`` defaults to ``split == "train"``: shuffled shards and examples, random crops;
     otherwise sorted shards, stored order, the evaluation grid. ``seed`` makes a training run
     repeatable (see the module docstring). ``deterministic`` defaults to True for evaluation or
     when ``seed`` is given, else False. ``repeat`` repeats forever (fresh crops and order each
-    pass). Raises ValueError when the split has no shards.
+    pass). ``epoch``: the dataset of that one training epoch, its file order, example order and
+    crops drawn from (seed, epoch) alone (see :func:`_stage_seed`); without it, successive
+    iterations reshuffle. Raises ValueError when the split has no shards.
     """
     if is_training is None:
         is_training = split == "train"
@@ -348,20 +373,20 @@ def make_dataset(data_dir: str, split: str, field: str, task: str = "binary",
                     pad=not _all_images_fit(data_dir, patch_size))
     decoder = Decoder(keys=parser.keys)
 
-    ds = read_records(data_dir, split, is_training, seed, num_parallel_calls)
+    ds = read_records(data_dir, split, is_training, seed, num_parallel_calls, epoch)
     ds = ds.batch(PARSE_BATCH).map(decoder.decode, num_parallel_calls=num_parallel_calls).unbatch()
     ds = ds.filter(parser.keep)   # on the parsed label: dropped images are never decoded
     if cache:
         ds = ds.cache()
     if is_training:
-        ds = ds.shuffle(shuffle_buffer, seed=_stage_seed(seed, "shuffle"),
-                        reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer, seed=_stage_seed(seed, "shuffle", epoch),
+                        reshuffle_each_iteration=epoch is None)
     if repeat:
         ds = ds.repeat()
     parse = parser.parse_fn(is_training)
     if is_training:
-        crop_seeds = tf.data.Dataset.random(seed=_stage_seed(seed, "crops"),
-                                            rerandomize_each_iteration=True).batch(2)
+        crop_seeds = tf.data.Dataset.random(seed=_stage_seed(seed, "crops", epoch),
+                                            rerandomize_each_iteration=epoch is None).batch(2)
         ds = tf.data.Dataset.zip(ds, crop_seeds)
         ds = ds.map(lambda decoded, s: parse(decoded, seed=s),
                     num_parallel_calls=num_parallel_calls)
@@ -390,17 +415,28 @@ def read_manifest(data_dir: str) -> dict:
         return json.load(f)
 
 
-def count_examples(data_dir: str, split: str, field: str, task: str = "binary") -> int:
-    """Examples of ``split`` with a target for field/task, from manifest["counts"][split][field]
-    (fine class index as a string -> count). A split or field absent from the counts has 0
-    examples; a manifest without "counts" is a ValueError."""
+def count_examples(data_dir: str, split: str, field, task: str = "binary") -> int:
+    """Examples of ``split`` with a target for at least one of the fields (see make_dataset).
+
+    One field: from manifest["counts"][split][field] (fine class index as a string -> count); a
+    split or field absent from the counts has 0 examples; a manifest without "counts" is a
+    ValueError. Several fields: the manifest counts each field alone, so the union is counted
+    from the records' labels (parsed only, no image decoded)."""
     manifest = read_manifest(data_dir)
-    spec = labels.task_spec(field, task)
+    heads = labels.task_specs(field, task)
     if not isinstance(manifest.get("counts"), dict):
         raise ValueError(f"{features.MANIFEST} of {data_dir!r} has no 'counts'")
-    per_class = manifest["counts"].get(split, {}).get(field, {})
-    return sum(int(n) for fine, n in per_class.items()
-               if spec.target(int(fine)) != labels.NO_LABEL)
+    if len(heads) == 1:
+        per_class = manifest["counts"].get(split, {}).get(heads[0].field, {})
+        return sum(int(n) for fine, n in per_class.items()
+                   if heads[0].target(int(fine)) != labels.NO_LABEL)
+    if not any(manifest["counts"].get(split, {}).get(h.field) for h in heads):
+        return 0
+    parser = Parser([h.field for h in heads], task)
+    decoder = Decoder(keys=parser.keys[1:])
+    ds = read_records(data_dir, split, is_training=False).batch(1024).map(decoder.decode)
+    return int(sum(int(tf.reduce_sum(tf.cast(parser.keep(batch), tf.int32)))
+                   for batch in ds))
 
 
 def dataset_mean_std(manifest: dict) -> tuple[list[float], list[float]]:

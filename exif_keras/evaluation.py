@@ -22,19 +22,33 @@ def _forward_fn(model):
     return _FORWARD[model]
 
 
-def predict_split(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (labels [N], probabilities [N, R]) in dataset order, in one pass.
+def predict_split(model, dataset) -> tuple[dict, dict]:
+    """Returns ({head: labels [N]}, {head: outputs [N, R] or [N]}) in dataset order, in one pass.
 
     Calls the model directly (one compiled function, on the default device) rather than
     `predict_on_batch`, which under MirroredStrategy splits short batches across replicas."""
     forward = _forward_fn(model)
-    ys, ps = [], []
+    ys, ps = {}, {}
     for patches, y in dataset:
-        ps.append(np.asarray(forward(patches), dtype=np.float32))
-        ys.append(np.asarray(y))
-    if not ys:
-        return np.zeros([0], np.int64), np.zeros([0, model.output_shape[-1]], np.float32)
-    return np.concatenate(ys).astype(np.int64), np.concatenate(ps)
+        for name, out in forward(patches).items():
+            ps.setdefault(name, []).append(np.asarray(out, dtype=np.float32))
+            ys.setdefault(name, []).append(np.asarray(y[name]))
+    if not ps:
+        return ({name: np.zeros([0]) for name in model.output},
+                {name: np.zeros([0, *out.shape[1:]], np.float32)
+                 for name, out in model.output.items()})
+    return ({name: np.concatenate(v) for name, v in ys.items()},
+            {name: np.concatenate(v) for name, v in ps.items()})
+
+
+def classification_results(labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """accuracy, per-class accuracy, confusion matrix and count of one classification head,
+    over the examples that have a label (-1: none)."""
+    labelled = labels >= 0
+    matrix = confusion_matrix(labels[labelled].astype(np.int64),
+                              probabilities[labelled].argmax(-1), probabilities.shape[-1])
+    return {"accuracy": accuracy(matrix), "per_class_accuracy": per_class_accuracy(matrix),
+            "confusion_matrix": matrix.tolist(), "count": int(matrix.sum())}
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from typing import Optional
 NO_LABEL = -1
 FIELDS = ("shutter", "aperture", "iso")
 TASKS = ("binary", "fine")
+ALL_FIELDS = "all"  # --field=all: one model with a head per field
 
 SHUTTER_OFFSET = 13  # index = round(log2 t) + 13
 SHUTTER_CLASSES = 20
@@ -150,6 +151,11 @@ class TaskSpec:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def name(self) -> str:
+        """The head's name: the key of its label in a batch and of its output in the model."""
+        return self.field
+
     def target(self, fine_class: int) -> int:
         if fine_class < 0 or fine_class >= len(self.fine_to_target):
             return NO_LABEL
@@ -172,6 +178,31 @@ def task_spec(field: str, task: str = "binary") -> TaskSpec:
                 table[fine] = target
         return TaskSpec(field, task, spec.binary_names, tuple(table))
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def parse_fields(fields) -> tuple[str, ...]:
+    """``"shutter"``, ``"shutter,iso"``, ``"all"`` or a sequence of names -> field names in the
+    canonical order of FIELDS (so "iso,shutter" and "shutter,iso" are the same model)."""
+    names = fields.split(",") if isinstance(fields, str) else list(fields)
+    names = [n.strip() for n in names if n and n.strip()]
+    if names == [ALL_FIELDS]:
+        return FIELDS
+    unknown = [n for n in names if n not in FIELDS]
+    if unknown or not names:
+        raise ValueError(f"unknown field {', '.join(unknown) or '(none)'}; expected one of "
+                         f"{', '.join(FIELDS)}, a comma list of them, or {ALL_FIELDS!r}")
+    return tuple(f for f in FIELDS if f in names)
+
+
+def task_specs(fields, task: str = "binary") -> tuple[TaskSpec, ...]:
+    """One TaskSpec per field (see :func:`parse_fields`): the heads of a model."""
+    return tuple(task_spec(field, task) for field in parse_fields(fields))
+
+
+def fields_name(fields) -> str:
+    """A short name of a set of fields, for folders: "shutter", "shutter_iso", "all"."""
+    names = parse_fields(fields)
+    return ALL_FIELDS if names == FIELDS else "_".join(names)
 
 
 def binning_spec() -> dict:

@@ -14,7 +14,15 @@ and serving cannot disagree about preprocessing::
                   Flatten, Dense(256) linear
       -> mean_over_patches    [B, 256]   (the paper averages the penultimate dense layer)
       -> ReLU (-> Dropout when dropout > 0)
-      -> logits Dense(R) -> softmax, float32 even under mixed_float16
+      -> one output per head (``ModelConfig.heads``), a dict keyed by head name (the field):
+           classification: <name>_logits Dense(R) -> <name> softmax, float32 even under
+                           mixed_float16
+           regression:     <name>_standardized Dense(1) -> <name> = mean + std * x, in stops
+                           (float32, shape [B])
+
+A single-field model is the one-key case: ``model(x)`` returns ``{"shutter": [B, R]}``; batches
+carry their labels as the same dict, and -1 marks a missing label (masked in losses and
+metrics), so a joint model of several fields trains on photos that lack some fields.
 
 The patch axis is handled one of two ways with identical weights (``patch_mode``):
   * "folded": reshape to ``[B*k, P, P, 3]``, run ``per_patch`` once, reshape back to
@@ -104,9 +112,35 @@ class BackboneWeightsError(ValueError):
 # Configuration
 
 
+HEAD_KINDS = ("classification", "regression")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """One output of the model: its name (the field), and what it predicts."""
+
+    name: str
+    num_classes: int = 0          # classification: R classes
+    kind: str = "classification"  # or "regression": one value in stops
+    mean: float = 0.0             # regression: the output is mean + std * (linear unit)
+    std: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {self.kind!r}")
+        if self.kind == "classification" and self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.kind == "regression" and not self.std > 0:
+            raise ValueError(f"a regression head needs std > 0, got {self.std}")
+
+
 @dataclasses.dataclass
 class ModelConfig:
-    num_classes: int
+    """Everything to rebuild the model. ``heads`` are its outputs; ``num_classes=R`` alone is
+    shorthand for one classification head named "probabilities"."""
+
+    num_classes: Optional[int] = None
+    heads: tuple = ()
     num_patches: int = 8
     patch_size: int = 128
     backbone: str = "vgg16"  # "vgg16" | "scratch"
@@ -128,8 +162,18 @@ class ModelConfig:
         self.std = tuple(float(v) for v in self.std)
         if isinstance(self.backbone_weights, str) and self.backbone_weights.lower() == "none":
             self.backbone_weights = None
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.num_classes is not None:
+            if self.heads:
+                raise ValueError("give either num_classes or heads, not both")
+            self.heads = (HeadConfig("probabilities", int(self.num_classes)),)
+            self.num_classes = None
+        self.heads = tuple(h if isinstance(h, HeadConfig) else HeadConfig(**h)
+                           for h in self.heads)
+        if not self.heads:
+            raise ValueError("a model needs at least one head (num_classes or heads)")
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise ValueError(f"head names must be unique, got {names}")
         if self.num_patches < 1:
             raise ValueError(f"num_patches must be at least 1, got {self.num_patches}")
         if self.backbone not in BACKBONES:
@@ -172,10 +216,9 @@ class ModelConfig:
 
     @property
     def model_name(self) -> str:
-        return (
-            f"exif_{self.backbone}_{self.trunk_layer}_r{self.num_classes}"
-            f"_k{self.num_patches}_p{self.patch_size}"
-        )
+        outputs = "_".join(f"{h.name}{h.num_classes}" if h.kind == "classification"
+                           else f"{h.name}reg" for h in self.heads)
+        return f"exif_{self.backbone}_{self.trunk_layer}_{outputs}_k{self.num_patches}_p{self.patch_size}"
 
     def to_json(self) -> str:
         return config_to_json(self)
@@ -186,7 +229,9 @@ class ModelConfig:
 
 
 def config_to_json(config: ModelConfig) -> str:
-    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
+    data = dataclasses.asdict(config)
+    del data["num_classes"]  # shorthand, already turned into heads
+    return json.dumps(data, indent=2, sort_keys=True)
 
 
 def config_from_json(text: str) -> ModelConfig:
@@ -336,25 +381,119 @@ class UnfoldPatches(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="exif_keras")
+class Destandardize(keras.layers.Layer):
+    """``mean + std * x[..., 0]`` in float32: a regression head's unit output back in stops."""
+
+    def __init__(self, mean=0.0, std=1.0, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.mean, self.std = float(mean), float(std)
+
+    def call(self, inputs):
+        return self.mean + self.std * ops.cast(inputs[..., 0], "float32")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mean=self.mean, std=self.std)
+        config.pop("dtype", None)
+        return config
+
+
+def _labelled(y_true):
+    """(int32 class ids [N] with -1 replaced by 0, float mask [N]: 1 where labelled)."""
+    labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    return ops.maximum(labels, 0), ops.cast(labels >= 0, "float32")
+
+
+@keras.saving.register_keras_serializable(package="exif_keras")
 class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
-    """Cross-entropy on integer class ids with label smoothing (one-hot built inside the loss)."""
+    """Cross-entropy on integer class ids with label smoothing (one-hot built inside the loss).
+    Labels -1 (no label for this head) count for nothing: the mean is over labelled examples."""
 
     def __init__(self, label_smoothing=0.0, name="sparse_categorical_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name, reduction="sum", **kwargs)
         self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):
         num_classes = y_pred.shape[-1]
-        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        labels, mask = _labelled(y_true)
         one_hot = ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
-        return keras.losses.categorical_crossentropy(
+        loss = keras.losses.categorical_crossentropy(
             one_hot, y_pred, label_smoothing=self.label_smoothing
         )
+        return ops.cast(loss, "float32") * mask / ops.maximum(ops.sum(mask), 1.0)
 
     def get_config(self):
         config = super().get_config()
         config.update(label_smoothing=self.label_smoothing)
+        config.pop("reduction", None)
         return config
+
+
+@keras.saving.register_keras_serializable(package="exif_keras")
+class MaskedStandardizedMSE(keras.losses.Loss):
+    """Mean squared error of a regression head in units of the target's std (so the loss is
+    comparable across fields); NaN targets (no EXIF value) count for nothing."""
+
+    def __init__(self, std=1.0, name="standardized_mse", **kwargs):
+        super().__init__(name=name, reduction="sum", **kwargs)
+        self.std = float(std)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(ops.reshape(y_true, (-1,)), "float32")
+        mask = ops.cast(ops.isfinite(y_true), "float32")
+        error = (ops.cast(ops.reshape(y_pred, (-1,)), "float32")
+                 - ops.where(mask > 0, y_true, 0.0)) / self.std
+        return ops.square(error) * mask / ops.maximum(ops.sum(mask), 1.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(std=self.std)
+        config.pop("reduction", None)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="exif_keras")
+class MaskedAccuracy(keras.metrics.Metric):
+    """Accuracy of the argmax over the examples that have a label (-1: none)."""
+
+    def __init__(self, name="accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.correct = self.add_variable((), initializer="zeros", name="correct")
+        self.count = self.add_variable((), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels, mask = _labelled(y_true)
+        predicted = ops.cast(ops.argmax(ops.reshape(y_pred, (-1, y_pred.shape[-1])), -1), "int32")
+        self.correct.assign_add(ops.sum(ops.cast(ops.equal(predicted, labels), "float32") * mask))
+        self.count.assign_add(ops.sum(mask))
+
+    def result(self):
+        return ops.divide_no_nan(self.correct, self.count)
+
+
+@keras.saving.register_keras_serializable(package="exif_keras")
+class MaskedMeanAbsoluteError(keras.metrics.Metric):
+    """Mean absolute error in stops over the examples with a finite target."""
+
+    def __init__(self, name="mae_stops", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable((), initializer="zeros", name="total")
+        self.count = self.add_variable((), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(ops.reshape(y_true, (-1,)), "float32")
+        mask = ops.cast(ops.isfinite(y_true), "float32")
+        error = ops.abs(ops.cast(ops.reshape(y_pred, (-1,)), "float32")
+                        - ops.where(mask > 0, y_true, 0.0))
+        self.total.assign_add(ops.sum(error * mask))
+        self.count.assign_add(ops.sum(mask))
+
+    def result(self):
+        return ops.divide_no_nan(self.total, self.count)
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,9 +683,28 @@ def build_model(config: ModelConfig) -> keras.Model:
     x = keras.layers.ReLU(name="pooled_relu")(x)
     if config.dropout:
         x = keras.layers.Dropout(config.dropout, name="dropout")(x)
-    x = keras.layers.Dense(config.num_classes, kernel_regularizer=regularizer, name="logits")(x)
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    outputs = {head.name: _build_head_output(head, x, regularizer) for head in config.heads}
     return keras.Model(inputs, outputs, name=config.model_name)
+
+
+def _build_head_output(head: HeadConfig, x, regularizer):
+    """One output of the model from the pooled features: a float32 softmax or value in stops."""
+    if head.kind == "regression":
+        x = keras.layers.Dense(1, kernel_regularizer=regularizer,
+                               name=f"{head.name}_standardized")(x)
+        return Destandardize(head.mean, head.std, name=head.name)(x)
+    x = keras.layers.Dense(head.num_classes, kernel_regularizer=regularizer,
+                           name=f"{head.name}_logits")(x)
+    return keras.layers.Activation("softmax", dtype="float32", name=head.name)(x)
+
+
+def output_names(model: keras.Model) -> tuple[str, ...]:
+    """The model's head names, in the order of ModelConfig.heads."""
+    return tuple(model.output.keys())
+
+
+def is_regression_output(model: keras.Model, name: str) -> bool:
+    return len(model.output[name].shape) == 1
 
 
 def per_patch_of(model: keras.Model) -> keras.Model:
@@ -569,23 +727,38 @@ def head_of(model: keras.Model) -> keras.Model:
 
 
 def compile_model(
-    model: keras.Model, learning_rate: float = 1e-3, label_smoothing: float = 0.0, **compile_kwargs
+    model: keras.Model, learning_rate: float = 1e-3, label_smoothing: float = 0.0,
+    loss_weights: Optional[dict] = None, **compile_kwargs
 ) -> None:
-    """Adam + cross-entropy on integer class-id labels (``[B]`` or ``[B, 1]``), metric accuracy.
+    """Adam, and per head a masked loss and metric (labels -1 / NaN count for nothing).
 
-    Labels are always sparse (class ids). Without smoothing the loss is Keras'
-    SparseCategoricalCrossentropy; with ``label_smoothing > 0`` it is
+    Classification heads: cross-entropy on integer class ids (``[B]`` or ``[B, 1]``), metric
+    "accuracy". Without smoothing the loss is Keras' SparseCategoricalCrossentropy with
+    ``ignore_class=-1``; with ``label_smoothing > 0`` it is
     :class:`SparseCategoricalCrossentropyWithSmoothing`, which one-hots inside the loss, so the
-    input pipeline is the same either way. The L2 penalties of the head are added by Keras.
-    Extra keyword arguments go to ``model.compile`` (e.g. ``jit_compile``, ``steps_per_execution``).
+    input pipeline is the same either way. Regression heads: :class:`MaskedStandardizedMSE`,
+    metric "mae_stops". ``loss_weights``: {head name: weight} (default 1 each). The L2 penalties
+    of the head are added by Keras. Extra keyword arguments go to ``model.compile`` (e.g.
+    ``jit_compile``, ``steps_per_execution``).
     """
-    if label_smoothing:
-        loss = SparseCategoricalCrossentropyWithSmoothing(label_smoothing)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy()
+    losses, metrics = {}, {}
+    for name in output_names(model):
+        if is_regression_output(model, name):
+            std = model.get_layer(name).std
+            losses[name] = MaskedStandardizedMSE(std)
+            metrics[name] = [MaskedMeanAbsoluteError(name="mae_stops")]
+        else:
+            losses[name] = (SparseCategoricalCrossentropyWithSmoothing(label_smoothing)
+                            if label_smoothing else
+                            keras.losses.SparseCategoricalCrossentropy(ignore_class=-1))
+            metrics[name] = [MaskedAccuracy(name="accuracy")]
+    unknown = sorted(set(loss_weights or {}) - set(losses))
+    if unknown:
+        raise ValueError(f"loss weights for unknown heads {unknown}; heads: {sorted(losses)}")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=loss,
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        loss=losses,
+        loss_weights={name: float((loss_weights or {}).get(name, 1.0)) for name in losses},
+        metrics=metrics,
         **compile_kwargs,
     )

@@ -1,20 +1,26 @@
 r"""Training: python -m exif_keras.train --field=shutter [--flagfile=pipelines/paper_shutter.flags]
 
-Reads the records of make_records, trains the paper's patch model for one EXIF field and task,
-keeps the best checkpoint by validation accuracy, evaluates every split, writes metrics.json and a
-confusion-matrix PNG, and exports the SavedModel for TensorFlow Serving.
+Reads the records of make_records, trains the paper's patch model for one EXIF field (or several:
+``--field=shutter,iso`` / ``--field=all``, one head per field on a shared trunk) and task, keeps
+the best checkpoint by validation accuracy (the mean over heads), evaluates every split, writes
+metrics.json and confusion-matrix PNGs, and exports the SavedModel for TensorFlow Serving.
 
-Killed at any point, the same command resumes where it stopped (Keras' BackupAndRestore) and ends
-with the same number of epochs.
+Killed at any point, the same command resumes where it stopped and ends where an uninterrupted
+run does: inside fit from the last completed epoch (Keras' BackupAndRestore; every epoch's data
+order and crops are a function of (seed, epoch), see dataset.make_dataset), after fit straight to
+evaluation and export. Run again once finished, it says so and prints the metrics (exporting only
+if the run has no export yet); ``--retrain`` starts over.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Optional, Sequence
@@ -30,7 +36,12 @@ from exif_keras import model as model_lib
 
 FIELDS = list(labels.FIELDS)
 
-_FIELD = flags.DEFINE_enum("field", None, FIELDS, "EXIF field to estimate.")
+_FIELD = flags.DEFINE_string(
+    "field", None, f"EXIF field(s) to estimate: one of {', '.join(FIELDS)}, a comma list, or "
+    f"{labels.ALL_FIELDS!r} (one model, one head per field).")
+flags.register_validator("field", lambda v: v is None or _valid_fields(v),
+                         f"--field must be one of {', '.join(FIELDS)}, a comma list of them, or "
+                         f"{labels.ALL_FIELDS!r}")
 _TASK = flags.DEFINE_enum("task", "binary", list(labels.TASKS),
                           "binary: the paper's two groups; fine: every class.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/records", "Records written by make_records.")
@@ -56,6 +67,9 @@ _BN_MOMENTUM = flags.DEFINE_float(
     "suits short runs, whose statistics would otherwise lag the weights at evaluation.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (0 = one-hot).")
+_FIELD_WEIGHTS = flags.DEFINE_list(
+    "field_weights", [], "Loss weight per field of a joint model, e.g. shutter=1,iso=0.5 "
+    "(default 1 each).")
 _NORMALIZATION = flags.DEFINE_enum(
     "normalization", "auto", ["auto", "vgg", "dataset"],
     "auto: VGG16's preprocessing for vgg16, the dataset's mean/std (manifest) for scratch.")
@@ -76,9 +90,19 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 0,
                                         "0: one pass over the training split per epoch.")
 _EVAL_TRAIN = flags.DEFINE_boolean("eval_train", True,
                                    "Evaluate the training split too for the final table.")
+_RETRAIN = flags.DEFINE_boolean(
+    "retrain", False, "Start over even if model_dir holds a finished or interrupted run.")
 _EXPORT = flags.DEFINE_boolean("export", True, "Export the SavedModel at the end.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Default models/exif_<field>.")
 _VERBOSE = flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 0 silent, 1 bar, 2 line.")
+
+
+def _valid_fields(value: str) -> bool:
+    try:
+        labels.parse_fields(value)
+    except ValueError:
+        return False
+    return True
 
 
 class TrainError(Exception):
@@ -104,6 +128,7 @@ class TrainConfig:
     batchnorm_momentum: float = 0.99
     learning_rate: float = 1e-3
     label_smoothing: float = 0.0
+    field_weights: Optional[dict] = None  # {field: loss weight}; default 1 each
     normalization: str = "auto"
     patch_mode: str = "folded"
     mixed_precision: str = "auto"
@@ -113,12 +138,17 @@ class TrainConfig:
     shuffle_buffer: int = 1024
     steps_per_epoch: int = 0
     eval_train: bool = True
+    retrain: bool = False
     export: bool = True
     export_dir: Optional[str] = None
     verbose: int = 1
 
+    def heads(self) -> tuple[labels.TaskSpec, ...]:
+        """One TaskSpec per field of --field: the model's outputs."""
+        return labels.task_specs(self.field, self.task)
+
     def resolved_model_dir(self) -> str:
-        return self.model_dir or os.path.join("runs", self.field)
+        return self.model_dir or os.path.join("runs", labels.fields_name(self.field))
 
     @classmethod
     def from_flags(cls) -> "TrainConfig":
@@ -132,19 +162,36 @@ class TrainConfig:
                    filters=_FILTERS.value, scratch_width_divisor=_SCRATCH_WIDTH.value,
                    l2=_L2.value,
                    batchnorm_momentum=_BN_MOMENTUM.value, learning_rate=_LEARNING_RATE.value,
-                   label_smoothing=_LABEL_SMOOTHING.value, normalization=_NORMALIZATION.value,
+                   label_smoothing=_LABEL_SMOOTHING.value,
+                   field_weights=_parse_weights(_FIELD_WEIGHTS.value),
+                   normalization=_NORMALIZATION.value,
                    patch_mode=_PATCH_MODE.value, mixed_precision=_MIXED_PRECISION.value,
                    strategy=_STRATEGY.value, logical_cpus=_LOGICAL_CPUS.value, seed=_SEED.value,
                    shuffle_buffer=_SHUFFLE_BUFFER.value, steps_per_epoch=_STEPS_PER_EPOCH.value,
-                   eval_train=_EVAL_TRAIN.value, export=_EXPORT.value,
+                   eval_train=_EVAL_TRAIN.value, retrain=_RETRAIN.value, export=_EXPORT.value,
                    export_dir=_EXPORT_DIR.value, verbose=_VERBOSE.value)
+
+
+def _parse_weights(items: Sequence[str]) -> Optional[dict]:
+    """["shutter=1", "iso=0.5"] -> {"shutter": 1.0, "iso": 0.5}."""
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise app.UsageError(f"--field_weights wants field=weight items, got {item!r}")
+    return weights or None
 
 
 # Files in model_dir.
 # model_lib.CONFIG_FILENAME (model_config.json): the ModelConfig, everything to rebuild the model
 RUN_CONFIG = model_lib.RUN_CONFIG_FILENAME
 BEST_WEIGHTS = model_lib.BEST_WEIGHTS_FILENAME
-BACKUP_DIR = "backup"                # BackupAndRestore state (removed when training completes)
+BACKUP_DIR = "backup"                # BackupAndRestore state (removed once fit is complete)
+FIT_COMPLETE = "fit_complete.json"   # written when fit ends: a rerun goes straight to evaluation
 CSV_LOG = "training_log.csv"
 METRICS = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -177,20 +224,9 @@ def _configure_devices(config: TrainConfig):
     return strategy, bool(mixed)
 
 
-def _best_so_far(csv_path: str) -> Optional[float]:
-    """Best val_accuracy of the epochs already logged (so a resumed run keeps the true best)."""
-    if not os.path.exists(csv_path):
-        return None
-    best = None
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                value = float(row.get("val_accuracy", "nan"))
-            except ValueError:
-                continue
-            if value == value and (best is None or value > best):
-                best = value
-    return best
+def _best_so_far(csv_path: str, monitor: str) -> Optional[float]:
+    """Best ``monitor`` of the epochs already logged (so a resumed run keeps the true best)."""
+    return _best_epoch(csv_path, monitor)[1]
 
 
 def _trim_csv_log(csv_path: str, completed_epochs: int) -> None:
@@ -219,26 +255,51 @@ def _backup_epoch(backup_dir: str) -> int:
 
 
 class ConfusionMatrixLogger(keras.callbacks.Callback):
-    """The validation confusion matrix as a TensorBoard image every epoch."""
+    """Each classification head's validation confusion matrix as a TensorBoard image, per epoch."""
 
-    def __init__(self, dataset, class_names, log_dir):
+    def __init__(self, dataset, heads: Sequence[labels.TaskSpec], log_dir):
         super().__init__()
-        self.dataset, self.class_names = dataset, class_names
+        self.dataset, self.heads = dataset, [h for h in heads if h.num_classes]
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "confusion"))
 
     def on_epoch_end(self, epoch, logs=None):
         y, p = evaluation.predict_split(self.model, self.dataset)
-        matrix = evaluation.confusion_matrix(y, p.argmax(-1), len(self.class_names))
-        image = evaluation.render_confusion_matrix(matrix, self.class_names,
-                                                   f"validation, epoch {epoch + 1}")
         with self.writer.as_default():
-            tf.summary.image("confusion_matrix/validation", image[None], step=epoch)
+            for head in self.heads:
+                result = evaluation.classification_results(y[head.name], p[head.name])
+                image = evaluation.render_confusion_matrix(
+                    np.array(result["confusion_matrix"]), head.class_names,
+                    f"{head.name}, validation, epoch {epoch + 1}")
+                tf.summary.image(f"confusion_matrix/validation/{head.name}", image[None],
+                                 step=epoch)
         self.writer.flush()
 
 
-def _model_config(config: TrainConfig, task: labels.TaskSpec, mean, std) -> model_lib.ModelConfig:
+class MeanOverHeads(keras.callbacks.Callback):
+    """Adds ``accuracy`` and ``val_accuracy`` (the mean of the heads' accuracies) to the epoch
+    logs of a several-head model, before the checkpoint and the CSV log read them: the best
+    checkpoint of a joint model is the best on all fields together. (A one-head model's logs
+    already carry them under these names.)"""
+
+    def __init__(self, names: Sequence[str]):
+        super().__init__()
+        self.names = list(names)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or len(self.names) < 2:
+            return
+        for prefix in ("", "val_"):
+            values = [logs[f"{prefix}{n}_accuracy"] for n in self.names
+                      if f"{prefix}{n}_accuracy" in logs]
+            if values:
+                logs[f"{prefix}accuracy"] = float(np.mean(values))
+
+
+def _model_config(config: TrainConfig, heads: Sequence[labels.TaskSpec],
+                  mean, std) -> model_lib.ModelConfig:
     return model_lib.ModelConfig(
-        num_classes=task.num_classes, num_patches=config.num_patches,
+        heads=tuple(model_lib.HeadConfig(h.name, h.num_classes) for h in heads),
+        num_patches=config.num_patches,
         patch_size=config.patch_size, backbone=config.backbone, trunk_layer=config.trunk_layer,
         backbone_weights=config.backbone_weights, filters=config.filters, l2=config.l2,
         batchnorm_momentum=config.batchnorm_momentum,
@@ -247,185 +308,338 @@ def _model_config(config: TrainConfig, task: labels.TaskSpec, mean, std) -> mode
         patch_mode=config.patch_mode)
 
 
-def train(config: TrainConfig) -> dict:
-    """Trains, evaluates and exports; returns the metrics written to metrics.json."""
-    start = time.monotonic()
-    if config.field not in labels.FIELDS:
-        raise TrainError(f"--field must be one of {', '.join(labels.FIELDS)}")
-    task = labels.task_spec(config.field, config.task)
-    model_dir = config.resolved_model_dir()
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, obj) -> None:
+    """Writes through a temporary file and a rename: a kill leaves the old file or the new one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _start_over(model_dir: str) -> None:
+    """--retrain: forget a previous run in model_dir (its state, log, checkpoint and metrics)."""
+    for name in (METRICS, FIT_COMPLETE, CSV_LOG, BEST_WEIGHTS):
+        if os.path.exists(os.path.join(model_dir, name)):
+            os.remove(os.path.join(model_dir, name))
+    shutil.rmtree(os.path.join(model_dir, BACKUP_DIR), ignore_errors=True)
+
+
+def _check_data(config: TrainConfig, heads) -> tuple[dict, dict]:
+    """(manifest, examples per split) of the records, or a TrainError saying what to do."""
     try:
         manifest = data.read_manifest(config.data_dir)
+        counts = {split: data.count_examples(config.data_dir, split, config.field, config.task)
+                  for split in ("train", "validation", "test")}
     except (FileNotFoundError, ValueError) as e:
         raise TrainError(f"{e}\nBuild the records first: python -m exif_keras.make_records "
                          f"--output_dir={config.data_dir}") from e
-    counts = {split: data.count_examples(config.data_dir, split, config.field, config.task)
-              for split in ("train", "validation", "test")}
     if counts["train"] == 0:
+        classes = "; ".join(f"{h.name}: {', '.join(h.class_names)}" for h in heads)
         raise TrainError(
             f"no training example in {config.data_dir} has a label for --field={config.field} "
-            f"--task={config.task} (classes: {', '.join(task.class_names)}); per-split counts: "
+            f"--task={config.task} (classes: {classes}); per-split counts: "
             f"{counts}. Try --task=fine or another field.")
     if counts["validation"] == 0:
         logging.warning("No validation example for this task: the best checkpoint is the last.")
+    return manifest, counts
+
+
+class _Inputs:
+    """The run's tf.data pipelines: a training stream whose every epoch is a function of (seed,
+    epoch), and deterministic evaluation datasets."""
+
+    def __init__(self, config: TrainConfig, counts: dict, replicas: int):
+        self.config, self.counts = config, counts
+        # Several replicas cannot split a short last batch inside fit (Keras 3 fails on an empty
+        # replica): there, training drops it (fewer than batch_size images per epoch, reshuffled
+        # each time) and so does the per-epoch validation; the final evaluation sees every image.
+        self.drop_last = replicas > 1
+
+    def _make(self, split: str, training: bool, in_fit: bool = False, epoch=None):
+        c = self.config
+        return data.make_dataset(
+            c.data_dir, split, c.field, c.task, batch_size=c.batch_size,
+            num_patches=c.num_patches, patch_size=c.patch_size, is_training=training,
+            seed=c.seed, shuffle_buffer=c.shuffle_buffer,
+            drop_remainder=self.drop_last and in_fit, epoch=epoch,
+            repeat=bool(training and c.steps_per_epoch))
+
+    def batches(self, split: str, in_fit: bool = False) -> int:
+        n, size = self.counts[split], self.config.batch_size
+        return n // size if (self.drop_last and in_fit) else math.ceil(n / size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.config.steps_per_epoch or self.batches("train", in_fit=True)
+
+    def training_stream(self, first_epoch: int) -> tf.data.Dataset:
+        """Epochs first_epoch .. epochs-1, one after the other, steps_per_epoch batches each."""
+        steps = self.steps_per_epoch
+        epochs = [self._make("train", True, in_fit=True, epoch=e).take(steps)
+                  for e in range(first_epoch, self.config.epochs)]
+        stream = functools.reduce(lambda a, b: a.concatenate(b), epochs)
+        return stream.apply(tf.data.experimental.assert_cardinality(steps * len(epochs)))
+
+    def validation_in_fit(self) -> Optional[tf.data.Dataset]:
+        batches = self.batches("validation", in_fit=True)
+        return self.evaluation("validation", in_fit=True) if batches else None
+
+    def evaluation(self, split: str, in_fit: bool = False) -> Optional[tf.data.Dataset]:
+        """The split with the evaluation grid, or None when it has no example. The manifest
+        knows the batch count: Keras then shows a true progress bar."""
+        if not self.counts[split]:
+            return None
+        ds = self._make(split, False, in_fit=in_fit)
+        return ds.apply(tf.data.experimental.assert_cardinality(self.batches(split, in_fit)))
+
+
+def _fit(model, config: TrainConfig, inputs: _Inputs, model_dir: str, heads,
+         extra_callbacks: Sequence = ()) -> None:
+    """model.fit, resumable: BackupAndRestore keeps the state of the last completed epoch, the CSV
+    log is trimmed to it, and the best checkpoint remembers the best validation accuracy so far.
+    Ends by writing FIT_COMPLETE (then the backup is removed)."""
+    csv_path = os.path.join(model_dir, CSV_LOG)
+    backup_dir = os.path.join(model_dir, BACKUP_DIR)
+    completed = _backup_epoch(backup_dir)
+    if completed:
+        logging.info("Resuming after epoch %d from %s", completed, backup_dir)
+        _trim_csv_log(csv_path, completed)
+    else:  # a fresh run starts a new log and forgets any older checkpoint
+        for name in (CSV_LOG, BEST_WEIGHTS):
+            if os.path.exists(os.path.join(model_dir, name)):
+                os.remove(os.path.join(model_dir, name))
+    val_ds = inputs.validation_in_fit()
+    monitor = "val_accuracy" if val_ds is not None else "accuracy"
+    names = [h.name for h in heads]
+    callbacks = [
+        MeanOverHeads(names),
+        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
+                                         delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor=monitor,
+                                        mode="max", save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=_best_so_far(csv_path, monitor)
+                                        if completed else None),
+        keras.callbacks.CSVLogger(csv_path, append=True),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, LOG_DIR)),
+    ]
+    if val_ds is not None:
+        callbacks.append(ConfusionMatrixLogger(val_ds, heads, os.path.join(model_dir, LOG_DIR)))
+    callbacks.extend(extra_callbacks)
+    if completed < config.epochs:
+        model.fit(inputs.training_stream(completed), validation_data=val_ds,
+                  epochs=config.epochs, steps_per_epoch=inputs.steps_per_epoch,
+                  callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    best_epoch, best_value = _best_epoch(csv_path, monitor)
+    _write_json(os.path.join(model_dir, FIT_COMPLETE),
+                {"epochs": config.epochs, "monitor": monitor, "best_epoch": best_epoch,
+                 "best_value": best_value})
+    shutil.rmtree(backup_dir, ignore_errors=True)
+
+
+def _best_epoch(csv_path: str, monitor: str) -> tuple[Optional[int], Optional[float]]:
+    """(1-based epoch, value) of the best ``monitor`` in the CSV log."""
+    best_epoch, best_value = None, None
+    if os.path.exists(csv_path):
+        with open(csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    v = float(row.get(monitor) or "nan")
+                except ValueError:
+                    continue
+                if v == v and (best_value is None or v > best_value):
+                    best_epoch, best_value = int(row["epoch"]) + 1, v
+    return best_epoch, best_value
+
+
+def _evaluate(model, heads, inputs: _Inputs, eval_train: bool) -> dict:
+    """{split: {head name: results}} on the evaluation grid, every image of each split."""
+    splits = (["train"] if eval_train else []) + ["validation", "test"]
+    results = {}
+    for split in splits:
+        ds = inputs.evaluation(split)
+        if ds is None:
+            continue
+        y, p = evaluation.predict_split(model, ds)
+        results[split] = {h.name: evaluation.classification_results(y[h.name], p[h.name])
+                          for h in heads}
+    return results
+
+
+def _metrics(config: TrainConfig, heads, results: dict, counts: dict, fit_state: dict,
+             mixed: bool, replicas: int) -> dict:
+    """metrics.json: per head under fields.<name>, and the mean over heads at the top (for a
+    one-head run the top level also carries that head's class names and test matrix)."""
+
+    def mean_accuracy(split):
+        if split not in results:
+            return None
+        values = [r["accuracy"] for r in results[split].values() if r["count"]]
+        return float(np.mean(values)) if values else None
+
+    fields = {h.name: {"task": h.task, "class_names": list(h.class_names),
+                       "splits": {split: r[h.name] for split, r in results.items()}}
+              for h in heads}
+    metrics = {
+        "field": ",".join(h.name for h in heads),
+        "task": config.task,
+        "test_accuracy": mean_accuracy("test"),
+        "val_accuracy": mean_accuracy("validation"),
+        "train_accuracy": mean_accuracy("train"),
+        "num_train": counts["train"],
+        "num_val": counts["validation"],
+        "num_test": counts["test"],
+        "splits": {split: {"accuracy": mean_accuracy(split),
+                           "count": counts[split]} for split in results},
+        "fields": fields,
+        "epochs": config.epochs,
+        "best_epoch": fit_state.get("best_epoch"),
+        "wall_seconds": None,  # set at the end
+        "mixed_precision": mixed,
+        "replicas": replicas,
+        "backbone": config.backbone,
+        "num_patches": config.num_patches,
+        "patch_size": config.patch_size,
+    }
+    if len(heads) == 1:
+        only = fields[heads[0].name]
+        test = only["splits"].get("test")
+        metrics.update(class_names=only["class_names"],
+                       confusion_matrix=test["confusion_matrix"] if test else None,
+                       per_class_accuracy={s: r["per_class_accuracy"]
+                                           for s, r in only["splits"].items()})
+    return metrics
+
+
+def _write_confusion_matrices(model_dir: str, heads, results: dict, step: int) -> None:
+    """confusion_matrix.png (one head) or confusion_matrix_<head>.png, and the same in
+    TensorBoard, for the test split."""
+    test = results.get("test")
+    if not test:
+        return
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, LOG_DIR, "confusion"))
+    for head in heads:
+        image = evaluation.render_confusion_matrix(
+            np.array(test[head.name]["confusion_matrix"]), head.class_names,
+            f"{head.name} ({head.task}), test split")
+        name = CONFUSION_PNG if len(heads) == 1 else CONFUSION_PNG.replace(
+            ".png", f"_{head.name}.png")
+        evaluation.save_png(image, os.path.join(model_dir, name))
+        with writer.as_default():
+            tf.summary.image(f"confusion_matrix/test/{head.name}", image[None], step=step)
+    writer.flush()
+
+
+def _export(config: TrainConfig, model_dir: str, model=None) -> str:
+    from exif_keras import export
+
+    export_dir = config.export_dir or os.path.join(
+        "models", f"exif_{labels.fields_name(config.field)}")
+    return export.export_model(model_dir, export_dir, model=model)
+
+
+def _finished(config: TrainConfig, model_dir: str) -> Optional[dict]:
+    """The metrics of a finished run in model_dir (exporting it if it has no export yet)."""
+    metrics = _read_json(os.path.join(model_dir, METRICS))
+    if metrics is None or not os.path.exists(os.path.join(model_dir, FIT_COMPLETE)):
+        return None
+    logging.info("%s holds a finished run (use --retrain to start over)", model_dir)
+    metrics["already_finished"] = True
+    if config.export and not (metrics.get("export_path")
+                              and os.path.isdir(metrics["export_path"])):
+        metrics["export_path"] = _export(config, model_dir)
+        _write_json(os.path.join(model_dir, METRICS),
+                    {k: v for k, v in metrics.items() if k != "already_finished"})
+    return metrics
+
+
+def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
+    """Trains, evaluates and exports; returns the metrics written to metrics.json.
+
+    ``extra_callbacks`` go to model.fit after the project's own (tests use them to kill a run)."""
+    start = time.monotonic()
+    try:
+        heads = config.heads()
+    except ValueError as e:
+        raise TrainError(str(e)) from e
+    model_dir = config.resolved_model_dir()
+    if config.retrain:
+        _start_over(model_dir)
+    finished = _finished(config, model_dir)
+    if finished is not None:
+        return finished
+    manifest, counts = _check_data(config, heads)
 
     keras.utils.set_random_seed(config.seed)
     strategy, mixed = _configure_devices(config)
     mean, std = data.dataset_mean_std(manifest)
     try:
-        model_config = _model_config(config, task, mean, std)
+        model_config = _model_config(config, heads, mean, std)
     except ValueError as e:  # an impossible combination of flags (e.g. a patch too small)
         raise TrainError(str(e)) from e
-
-
     os.makedirs(model_dir, exist_ok=True)
     model_lib.save_config(model_config, model_dir)
-    with open(os.path.join(model_dir, RUN_CONFIG), "w") as f:
-        json.dump({"train": dataclasses.asdict(config), "task": task.to_json(),
-                   "mixed_precision": mixed,
-                   "data_manifest": os.path.abspath(os.path.join(config.data_dir, "manifest.json"))},
-                  f, indent=2)
+    _write_json(os.path.join(model_dir, RUN_CONFIG), {
+        "train": dataclasses.asdict(config), "task": heads[0].to_json(),
+        "heads": [h.to_json() for h in heads], "mixed_precision": mixed,
+        "data_manifest": os.path.abspath(os.path.join(config.data_dir, "manifest.json"))})
 
-    # Several replicas cannot split a short last batch inside fit (Keras 3 fails on an empty
-    # replica): there, training drops it (fewer than batch_size images per epoch, reshuffled each
-    # time) and so does the per-epoch validation; the final evaluation sees every image.
-    drop_last = strategy.num_replicas_in_sync > 1
-
-    def make(split, training, in_fit=False):
-        drop = drop_last and in_fit
-        ds = data.make_dataset(
-            config.data_dir, split, config.field, config.task, batch_size=config.batch_size,
-            num_patches=config.num_patches, patch_size=config.patch_size, is_training=training,
-            seed=config.seed, shuffle_buffer=config.shuffle_buffer, drop_remainder=drop)
-        # The manifest knows the batch count: Keras then shows a true progress bar and does not
-        # warn that the input "ran out of data" at the end of every epoch.
-        batches = (counts[split] // config.batch_size if drop
-                   else math.ceil(counts[split] / config.batch_size))
-        return ds.apply(tf.data.experimental.assert_cardinality(batches))
-
-    try:
-        train_ds = make("train", True, in_fit=True)
-    except ValueError as e:  # no shards for the split
-        raise TrainError(str(e)) from e
-    val_ds = make("validation", False, in_fit=True) if counts["validation"] else None
-    if val_ds is not None and drop_last and counts["validation"] < config.batch_size:
-        val_ds = None  # not one whole batch to validate on
-
+    inputs = _Inputs(config, counts, strategy.num_replicas_in_sync)
     with strategy.scope():
         try:
             model = model_lib.build_model(model_config)
         except model_lib.BackboneWeightsError as e:
             raise TrainError(str(e)) from e
         model_lib.compile_model(model, learning_rate=config.learning_rate,
-                                label_smoothing=config.label_smoothing)
+                                label_smoothing=config.label_smoothing,
+                                loss_weights=config.field_weights)
     if config.verbose:
         model.summary(print_fn=lambda line, *a, **k: logging.info("%s", line))
 
-    csv_path = os.path.join(model_dir, CSV_LOG)
-    backup_dir = os.path.join(model_dir, BACKUP_DIR)
+    # Train (or skip to the evaluation of a run whose fit completed before it was killed).
+    fit_state = _read_json(os.path.join(model_dir, FIT_COMPLETE))
+    if fit_state is None:
+        _fit(model, config, inputs, model_dir, heads, extra_callbacks)
+        fit_state = _read_json(os.path.join(model_dir, FIT_COMPLETE))
     best_path = os.path.join(model_dir, BEST_WEIGHTS)
-    completed = _backup_epoch(backup_dir)
-    if completed:
-        logging.info("Resuming after epoch %d from %s", completed, backup_dir)
-        _trim_csv_log(csv_path, completed)
-    elif os.path.exists(csv_path):
-        os.remove(csv_path)  # a finished or fresh run starts a new log
-    monitor = "val_accuracy" if val_ds is not None else "accuracy"
-    best = _best_so_far(csv_path) if completed else None
-    callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
-                                         delete_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(best_path, monitor=monitor, mode="max",
-                                        save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=best),
-        keras.callbacks.CSVLogger(csv_path, append=True),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, LOG_DIR)),
-    ]
-    if val_ds is not None:
-        callbacks.append(ConfusionMatrixLogger(val_ds, task.class_names,
-                                               os.path.join(model_dir, LOG_DIR)))
-    steps = config.steps_per_epoch or None
-    fit_train = train_ds.repeat() if steps else train_ds
-    model.fit(fit_train, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
-              callbacks=callbacks, verbose=config.verbose, shuffle=False)
-
     if os.path.exists(best_path):
         model.load_weights(best_path)
     else:  # can only happen when every epoch was NaN
         model.save_weights(best_path)
-    best_epoch, best_value = None, None
-    if os.path.exists(csv_path):
-        with open(csv_path, newline="") as f:
-            for row in csv.DictReader(f):
-                v = float(row.get(monitor, "nan") or "nan")
-                if v == v and (best_value is None or v > best_value):
-                    best_epoch, best_value = int(row["epoch"]) + 1, v
 
-    splits = {"validation": make("validation", False) if counts["validation"] else None,
-              "test": make("test", False) if counts["test"] else None}
-    if config.eval_train:
-        splits = {"train": make("train", False), **splits}
-    results = {}
-    for split, ds in splits.items():
-        if ds is None:
-            continue
-        y, p = evaluation.predict_split(model, ds)
-        matrix = evaluation.confusion_matrix(y, p.argmax(-1), task.num_classes)
-        results[split] = {"accuracy": evaluation.accuracy(matrix),
-                          "per_class_accuracy": evaluation.per_class_accuracy(matrix),
-                          "confusion_matrix": matrix.tolist(), "count": int(matrix.sum())}
-
-    test = results.get("test")
-    if test is not None:
-        image = evaluation.render_confusion_matrix(
-            np.array(test["confusion_matrix"]), task.class_names,
-            f"{config.field} ({config.task}), test split")
-        evaluation.save_png(image, os.path.join(model_dir, CONFUSION_PNG))
-        with tf.summary.create_file_writer(os.path.join(model_dir, LOG_DIR, "confusion")).as_default():
-            tf.summary.image("confusion_matrix/test", image[None], step=config.epochs)
-
-    metrics = {
-        "field": config.field,
-        "task": config.task,
-        "class_names": list(task.class_names),
-        "test_accuracy": test["accuracy"] if test else None,
-        "val_accuracy": results.get("validation", {}).get("accuracy"),
-        "train_accuracy": results.get("train", {}).get("accuracy"),
-        "num_train": counts["train"],
-        "num_val": counts["validation"],
-        "num_test": counts["test"],
-        "confusion_matrix": test["confusion_matrix"] if test else None,
-        "per_class_accuracy": {s: r["per_class_accuracy"] for s, r in results.items()},
-        "splits": results,
-        "epochs": config.epochs,
-        "best_epoch": best_epoch,
-        "wall_seconds": None,  # set below
-        "mixed_precision": mixed,
-        "replicas": strategy.num_replicas_in_sync,
-        "backbone": config.backbone,
-        "num_patches": config.num_patches,
-        "patch_size": config.patch_size,
-    }
-
+    # Evaluate every split, write the metrics and figures, export.
+    results = _evaluate(model, heads, inputs, config.eval_train)
+    metrics = _metrics(config, heads, results, counts, fit_state, mixed,
+                       strategy.num_replicas_in_sync)
+    _write_confusion_matrices(model_dir, heads, results, step=config.epochs)
     if config.export:
-        from exif_keras import export
-
-        export_dir = config.export_dir or os.path.join("models", f"exif_{config.field}")
-        metrics["export_path"] = export.export_model(model_dir, export_dir, model=model)
-
+        metrics["export_path"] = _export(config, model_dir, model)
     metrics["wall_seconds"] = round(time.monotonic() - start, 2)
-    with open(os.path.join(model_dir, METRICS), "w") as f:
-        json.dump(metrics, f, indent=2)
+    _write_json(os.path.join(model_dir, METRICS), metrics)
     return metrics
 
 
 def summary(metrics: dict) -> str:
-    """Accuracy per split and per class, as a table."""
-    splits = [s for s in ("train", "validation", "test") if s in metrics["per_class_accuracy"]]
-    rows = [["all"] + [metrics["splits"][s]["accuracy"] for s in splits]]
-    for i, name in enumerate(metrics["class_names"]):
-        rows.append([name] + [metrics["per_class_accuracy"][s][i] for s in splits])
-    rows.append(["images"] + [metrics["splits"][s]["count"] for s in splits])
+    """Accuracy per split, per head and per class, as a table."""
+    splits = [s for s in ("train", "validation", "test") if s in metrics["splits"]]
+    several = len(metrics["fields"]) > 1
+    rows = [["all" + (" (mean over fields)" if several else "")]
+            + [metrics["splits"][s]["accuracy"] for s in splits]]
+    for name, field in metrics["fields"].items():
+        prefix = f"{name}: " if several else ""
+        if several:
+            rows.append([name] + [field["splits"][s]["accuracy"] for s in splits])
+        for i, class_name in enumerate(field["class_names"]):
+            rows.append([prefix + class_name]
+                        + [field["splits"][s]["per_class_accuracy"][i] for s in splits])
+        rows.append([prefix + "images"] + [field["splits"][s]["count"] for s in splits])
     return evaluation.format_table(rows, ["accuracy"] + splits)
 
 
@@ -438,6 +652,9 @@ def main(argv: Sequence[str]) -> None:
     except TrainError as e:
         print(f"train: error: {e}", file=sys.stderr)
         sys.exit(2)
+    if metrics.get("already_finished"):
+        print(f"{config.resolved_model_dir()} holds a finished run; its metrics follow "
+              "(--retrain starts over).")
     print(summary(metrics))
     print(f"test accuracy: {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None
           else "test accuracy: n/a (no test example)")

@@ -109,8 +109,8 @@ def records_dir(tmp_path_factory):
     return str(d), train, validation
 
 
-def run(ds) -> tuple[np.ndarray, np.ndarray]:
-    patches, labels_ = zip(*[(p.numpy(), y.numpy()) for p, y in ds])
+def run(ds, head: str = "shutter") -> tuple[np.ndarray, np.ndarray]:
+    patches, labels_ = zip(*[(p.numpy(), y[head].numpy()) for p, y in ds])
     return np.concatenate(patches), np.concatenate(labels_)
 
 
@@ -247,13 +247,15 @@ def test_decoder_and_parser_targets(records_dir):
     ids = [int(s) for s in batch[features.IMAGE_SOURCE_ID].numpy()]
     spec = labels.task_spec("shutter", "binary")
     expected = [spec.target(SHUTTER_FINE[i]) for i in ids]
-    assert parser.target(batch).numpy().tolist() == expected
-    assert parser.target(batch).dtype == tf.int32
+    assert list(parser.target(batch)) == ["shutter"]
+    assert parser.target(batch)["shutter"].numpy().tolist() == expected
+    assert parser.target(batch)["shutter"].dtype == tf.int32
     # out-of-range fine labels are left out, not an error
-    assert parser.target({"label/shutter": tf.constant([20, 99, -5], tf.int64)}).numpy().tolist() \
-        == [-1, -1, -1]
+    assert parser.target({"label/shutter": tf.constant([20, 99, -5], tf.int64)})[
+        "shutter"].numpy().tolist() == [-1, -1, -1]
     patches, label = parser.parse_fn(False)(one | {"label/shutter": tf.constant(9, tf.int64)})
-    assert patches.shape == (K, P, P, 3) and patches.dtype == tf.uint8 and int(label) == 1
+    assert patches.shape == (K, P, P, 3) and patches.dtype == tf.uint8
+    assert int(label["shutter"]) == 1
     with pytest.raises(ValueError):
         dataset.Decoder(keys=["image/nope"])
 
@@ -264,7 +266,7 @@ def test_eval_dataset_shapes_filter_labels_and_determinism(records_dir):
     data_dir, train, _ = records_dir
     ds = dataset.make_dataset(data_dir, "train", "shutter", batch_size=3, num_patches=K,
                               patch_size=P, is_training=False)
-    shapes = [(p.shape, p.dtype, y.shape, y.dtype) for p, y in ds]
+    shapes = [(p.shape, p.dtype, y["shutter"].shape, y["shutter"].dtype) for p, y in ds]
     assert shapes[0] == ((3, K, P, P, 3), tf.uint8, (3,), tf.int32)
     patches, got = run(ds)
     kept = [(i, labels.task_spec("shutter", "binary").target(f))
@@ -286,7 +288,7 @@ def test_eval_dataset_shapes_filter_labels_and_determinism(records_dir):
     fine = dataset.make_dataset(data_dir, "train", "shutter", task="fine", batch_size=4,
                                 num_patches=K, patch_size=P, drop_remainder=True,
                                 is_training=False)
-    assert [int(y.shape[0]) for _, y in fine] == [4, 4]   # 9 labelled -> two full batches
+    assert [int(y["shutter"].shape[0]) for _, y in fine] == [4, 4]  # 9 labelled: 2 full batches
 
 
 def test_training_crops_fresh_each_epoch_and_repeatable_with_seed(records_dir):
@@ -311,6 +313,42 @@ def test_training_crops_fresh_each_epoch_and_repeatable_with_seed(records_dir):
     it = iter(stream)
     a, b = next(it)[0].numpy(), next(it)[0].numpy()
     assert a.shape == (7, K, P, P, 3) and not np.array_equal(a, b)
+
+
+def test_several_fields_mask_missing_labels_and_keep_any_labelled(records_dir):
+    data_dir, train, _ = records_dir
+    parser = dataset.Parser("iso,shutter", "binary")
+    assert [h.name for h in parser.heads] == ["shutter", "iso"]  # canonical order
+    decoded = {"label/shutter": tf.constant([0, 6, 6, -1], tf.int64),
+               "label/iso": tf.constant([-1, 0, 1, 3], tf.int64)}
+    target = parser.target(decoded)
+    assert target["shutter"].numpy().tolist() == [0, -1, -1, -1]
+    assert target["iso"].numpy().tolist() == [-1, 0, -1, 1]
+    assert parser.keep(decoded).numpy().tolist() == [True, True, False, True]
+    # every train record has iso class 0 (binary ISO 100): all are kept, shutter masked as -1
+    ds = dataset.make_dataset(data_dir, "train", "shutter,iso", batch_size=4, num_patches=K,
+                              patch_size=P, is_training=False)
+    _, shutter = run(ds, "shutter")
+    _, iso = run(ds, "iso")
+    assert len(iso) == len(train) and set(iso.tolist()) == {0}
+    expected = [labels.task_spec("shutter", "binary").target(f) for f in SHUTTER_FINE]
+    assert shutter.tolist() == expected                          # -1 kept, as a mask
+    assert dataset.count_examples(data_dir, "train", "shutter,iso", "binary") == len(train)
+    assert dataset.count_examples(data_dir, "train", "shutter", "binary") == 7
+
+
+def test_an_epoch_is_a_function_of_seed_and_epoch(records_dir):
+    data_dir, _, _ = records_dir
+    kwargs = dict(batch_size=4, num_patches=K, patch_size=P, seed=7, shuffle_buffer=16)
+    first = run(dataset.make_dataset(data_dir, "train", "shutter", epoch=3, **kwargs))
+    again = run(dataset.make_dataset(data_dir, "train", "shutter", epoch=3, **kwargs))
+    np.testing.assert_array_equal(first[0], again[0])      # a new pipeline, the same epoch
+    np.testing.assert_array_equal(first[1], again[1])
+    other = run(dataset.make_dataset(data_dir, "train", "shutter", epoch=4, **kwargs))
+    assert not np.array_equal(first[0], other[0])
+    assert dataset._stage_seed(7, "crops", 3) == 1341321889  # pinned: resumes must not change
+    assert dataset._stage_seed(7, "crops", 3) != dataset._stage_seed(7, "crops", 4)
+    assert dataset._stage_seed(7, "files", 3) != dataset._stage_seed(7, "shuffle", 3)
 
 
 def test_left_out_examples_are_never_decoded(tmp_path):

@@ -89,12 +89,12 @@ def test_layer_sequence_matches_paper():
     model = build_model(config)
     assert model.name.startswith("exif_")
     assert model.input.shape == (None, K, P, P, 3) and model.input.dtype == "uint8"
-    assert model.output.shape == (None, R)
+    assert model.output["probabilities"].shape == (None, R)
 
     top = [layer.name for layer in model.layers]
     assert top == [
         "patches", "normalize", "fold_patches", "per_patch", "unfold_patches",
-        "mean_over_patches", "pooled_relu", "logits", "probabilities",
+        "mean_over_patches", "pooled_relu", "probabilities_logits", "probabilities",
     ]
     per_patch = model.get_layer("per_patch")
     assert [layer.name for layer in per_patch.layers] == ["patch", "trunk", "head"]
@@ -118,14 +118,14 @@ def test_layer_sequence_matches_paper():
 
     assert isinstance(model.get_layer("mean_over_patches"), keras.layers.GlobalAveragePooling1D)
     assert isinstance(model.get_layer("pooled_relu"), keras.layers.ReLU)
-    logits = model.get_layer("logits")
+    logits = model.get_layer("probabilities_logits")
     assert logits.units == R and logits.activation is keras.activations.linear
     assert isinstance(logits.kernel_regularizer, keras.regularizers.L2)
     softmax = model.get_layer("probabilities")
     assert softmax.activation is keras.activations.softmax
     assert softmax.dtype_policy.compute_dtype == "float32"
 
-    probs = model(patches())
+    probs = model(patches())["probabilities"]
     np.testing.assert_allclose(np.sum(probs, axis=-1), 1.0, rtol=1e-5)
 
 
@@ -136,7 +136,8 @@ def test_dense_outputs_averaged_over_patches_then_relu():
     pooled = keras.Model(model.input, model.get_layer("pooled_relu").output)(x)
     np.testing.assert_allclose(pooled, np.maximum(np.mean(per_patch_out, axis=1), 0), atol=1e-5)
     # Each patch is independent: permuting the patches of an image changes nothing.
-    np.testing.assert_allclose(model(x[:, ::-1]), model(x), atol=1e-6)
+    np.testing.assert_allclose(model(x[:, ::-1])["probabilities"], model(x)["probabilities"],
+                               atol=1e-6)
 
 
 def test_trunk_output_is_32x32x256_for_128_patches():
@@ -144,7 +145,7 @@ def test_trunk_output_is_32x32x256_for_128_patches():
     trunk = trunk_of(model)
     assert trunk.layers[-1].name == "block3_conv3"
     assert trunk.output.shape == (None, 32, 32, 256)
-    assert model.output.shape == (None, R)
+    assert model.output["probabilities"].shape == (None, R)
     # The scratch trunk downsamples the same way (half VGG's width).
     scratch = trunk_of(build_model(tiny(patch_size=128, backbone="scratch")))
     assert scratch.output.shape == (None, 32, 32, 128)
@@ -166,7 +167,7 @@ def test_only_head_weights_are_trainable():
     trunk_ids = {id(w) for w in trunk.weights}
     trainable = model.trainable_weights
     assert trainable and not trunk_ids & {id(w) for w in trainable}
-    assert all(w.path.startswith(("head_", "logits")) for w in trainable), [
+    assert all(w.path.startswith(("head_", "probabilities_logits")) for w in trainable), [
         w.path for w in trainable
     ]
 
@@ -177,7 +178,7 @@ def test_training_step_leaves_trunk_bit_identical(patch_mode):
     compile_model(model, learning_rate=1e-2)
     trunk_before = weights_by_path(trunk_of(model))
     head_before = weights_by_path(exif_model.head_of(model))
-    logits_before = model.get_layer("logits").kernel.numpy()
+    logits_before = model.get_layer("probabilities_logits").kernel.numpy()
     x, y = patches(batch=4), np.array([0, 1, 2, 1])
     for _ in range(2):
         logs = model.train_on_batch(x, y, return_dict=True)
@@ -187,7 +188,7 @@ def test_training_step_leaves_trunk_bit_identical(patch_mode):
     head_after = weights_by_path(exif_model.head_of(model))
     for path in ("head_conv1/kernel", "head_conv4/kernel", "head_dense/kernel"):
         assert not np.array_equal(head_after[path], head_before[path]), path
-    assert not np.array_equal(model.get_layer("logits").kernel.numpy(), logits_before)
+    assert not np.array_equal(model.get_layer("probabilities_logits").kernel.numpy(), logits_before)
 
 
 def test_folded_and_time_distributed_give_identical_outputs():
@@ -204,7 +205,8 @@ def test_folded_and_time_distributed_give_identical_outputs():
     distributed.set_weights(weights)
     x = patches(batch=4)
     np.testing.assert_allclose(
-        folded.predict(x, verbose=0), distributed.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+        folded.predict(x, verbose=0)["probabilities"],
+        distributed.predict(x, verbose=0)["probabilities"], rtol=1e-5, atol=1e-6
     )
     assert trunk_of(distributed).trainable is False
 
@@ -246,7 +248,8 @@ def test_vgg_normalization_matches_keras_preprocess_input():
     model = build_model(config)
     np.testing.assert_allclose(_normalized(model, x), expected, atol=1e-4)
     # Float input holding the same pixel values gives the same result.
-    np.testing.assert_allclose(model(x.astype(np.float32)), model(x), atol=1e-6)
+    np.testing.assert_allclose(model(x.astype(np.float32))["probabilities"],
+                               model(x)["probabilities"], atol=1e-6)
 
 
 def test_dataset_normalization_uses_mean_and_std():
@@ -259,11 +262,11 @@ def test_dataset_normalization_uses_mean_and_std():
 
 def test_mixed_float16_outputs_float32(mixed_float16):
     model = build_model(tiny())
-    assert model.output.dtype == "float32"
+    assert model.output["probabilities"].dtype == "float32"
     assert exif_model.head_of(model).get_layer("head_conv1").compute_dtype == "float16"
     assert trunk_of(model).get_layer("block1_conv1").compute_dtype == "float16"
     assert model.get_layer("normalize").compute_dtype == "float32"
-    probs = model(patches())
+    probs = model(patches())["probabilities"]
     assert probs.dtype == "float32"
     compile_model(model)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -383,7 +386,8 @@ def test_saved_model_file_round_trip(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     x = patches()
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0)["probabilities"],
+                               model.predict(x, verbose=0)["probabilities"], atol=1e-6)
     assert not trunk_of(loaded).trainable
 
 
@@ -450,3 +454,35 @@ def test_fused_batch_normalization_matches_keras():
     for a, b in zip(tape.gradient(loss_ref, reference.trainable_variables),
                     tape.gradient(loss_fused, fused.trainable_variables)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_several_heads_mask_missing_labels():
+    """A joint model: one output per head; an image without a label for a head (-1, or NaN for
+    a regression head) adds nothing to that head's loss nor to its gradient."""
+    heads = (exif_model.HeadConfig("shutter", 3), exif_model.HeadConfig("iso", 2),
+             exif_model.HeadConfig("aperture", kind="regression", mean=5.0, std=2.0))
+    model = build_model(tiny(num_classes=None, heads=heads, l2=0.0))
+    assert exif_model.output_names(model) == ("shutter", "iso", "aperture")
+    x = patches(batch=4)
+    out = model(x)
+    assert out["shutter"].shape == (4, 3) and out["iso"].shape == (4, 2)
+    assert out["aperture"].shape == (4,) and out["aperture"].dtype == "float32"
+    compile_model(model, learning_rate=1e-2, loss_weights={"shutter": 1.0, "iso": 0.5})
+    iso_before = model.get_layer("iso_logits").kernel.numpy()
+    y = {"shutter": np.array([0, 1, 2, -1]), "iso": np.array([-1, -1, -1, -1]),
+         "aperture": np.array([4.0, np.nan, 6.0, 5.0], np.float32)}
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert logs["iso_loss"] == 0.0 and np.isfinite(logs["loss"]) and logs["shutter_loss"] > 0
+    np.testing.assert_array_equal(model.get_layer("iso_logits").kernel.numpy(), iso_before)
+    with pytest.raises(ValueError, match="unknown heads"):
+        compile_model(model, loss_weights={"focus": 1.0})
+    again = exif_model.config_from_json(exif_model.config_to_json(tiny(num_classes=None,
+                                                                        heads=heads)))
+    assert again.heads == heads
+
+
+def test_masked_accuracy_ignores_missing_labels():
+    metric = exif_model.MaskedAccuracy()
+    metric.update_state(np.array([0, 1, -1, -1]), np.array([[0.9, 0.1], [0.8, 0.2],
+                                                            [0.1, 0.9], [0.3, 0.7]]))
+    assert float(metric.result()) == pytest.approx(0.5)
