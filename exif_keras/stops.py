@@ -38,7 +38,7 @@ Serving cannot run Python):
 from __future__ import annotations
 
 import math
-from typing import Mapping, NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional
 
 import keras
 import numpy as np
@@ -129,7 +129,7 @@ def tf_regression_targets(settings: Mapping[str, tf.Tensor]) -> dict:
 
 # ------------------------------------------------------------------- ordinal loss and metric
 
-def ordinal_targets(labels_, num_classes: int, sigma: float,
+def ordinal_targets(labels, num_classes: int, sigma: float,
                     label_smoothing: float = 0.0) -> tf.Tensor:
     """Soft targets [B, R] float32 from integer class ids [B] (or [B, 1]); -1 = no label.
 
@@ -153,15 +153,20 @@ def ordinal_targets(labels_, num_classes: int, sigma: float,
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1); received {label_smoothing}")
     num_classes = int(num_classes)
-    ids = tf.reshape(tf.cast(tf.round(tf.cast(labels_, tf.float32)), tf.int32), [-1])
+    ids = tf.reshape(tf.cast(tf.round(tf.cast(labels, tf.float32)), tf.int32), [-1])
     valid = (ids >= 0) & (ids < num_classes)
     if sigma == 0:
         target = tf.one_hot(ids, num_classes, dtype=tf.float32)  # zeros for ids out of range
     else:
-        centre = tf.cast(ids, tf.float32)[:, None]                      # [B, 1]
+        centre = tf.cast(ids, tf.float32)[:, None]                          # [B, 1]
         edges = tf.range(num_classes + 1, dtype=tf.float32)[None, :] - 0.5  # [1, R + 1]
-        cdf = 0.5 * (1.0 + tf.math.erf((edges - centre) / (sigma * math.sqrt(2.0))))
-        mass = cdf[:, 1:] - cdf[:, :-1]                                  # [B, R]
+        z = (edges - centre) / (sigma * math.sqrt(2.0))                     # [B, R + 1]
+        lo, hi = z[:, :-1], z[:, 1:]                                        # each class's edges
+        # 0.5 (erf(hi) - erf(lo)), written with erfc on the side away from the centre so the
+        # tails keep their relative precision in float32 instead of cancelling to 0.
+        mass = 0.5 * tf.where(lo >= 0, tf.math.erfc(lo) - tf.math.erfc(hi),
+                              tf.where(hi <= 0, tf.math.erfc(-hi) - tf.math.erfc(-lo),
+                                       tf.math.erf(hi) - tf.math.erf(lo)))  # [B, R]
         target = tf.math.divide_no_nan(mass, tf.reduce_sum(mass, axis=-1, keepdims=True))
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / num_classes
