@@ -225,3 +225,22 @@ def classify_all(exposure_time: Optional[float], f_number: Optional[float],
                  iso: Optional[float]) -> dict[str, int]:
     return {"shutter": shutter_class(exposure_time), "aperture": aperture_class(f_number),
             "iso": iso_class(iso)}
+
+
+# Class values in stops. Every fine class is one stop wide (a factor 2 of light), so a fine class
+# index is a position on a log2 scale; these are the class centres on that scale, in the unit the
+# binning rounds in: shutter log2(seconds), aperture APEX Av = 2 log2(N), ISO log2(ISO / 100).
+# Distances between classes, estimates (probability-weighted means) and errors are measured in
+# these units (exif_keras/stops.py).
+CLASS_STOPS = {
+    "shutter": tuple(float(i - SHUTTER_OFFSET) for i in range(SHUTTER_CLASSES)),
+    "aperture": tuple(float(i) for i in range(APERTURE_CLASSES)),
+    "iso": tuple(math.log2(level / 100.0) for level in ISO_LEVELS),
+}
+assert all(len(CLASS_STOPS[name]) == FIELD_SPECS[name].num_classes for name in FIELDS)
+
+
+def class_stops(field: str) -> tuple[float, ...]:
+    """The value in stops of each fine class of ``field`` (see CLASS_STOPS)."""
+    field_spec(field)  # a clear error for an unknown field
+    return CLASS_STOPS[field]
