@@ -62,7 +62,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from exif_keras import features, labels
+from exif_keras import features, labels, stops
 
 DCT_METHOD = "INTEGER_ACCURATE"
 PARSE_BATCH = 64        # records parsed per tf.io.parse_example call
@@ -260,7 +260,9 @@ class Parser:
     def keys(self) -> tuple[str, ...]:
         """The features the parser reads."""
         return (features.IMAGE_ENCODED,
-                *(features.LABEL_KEYS[head.field] for head in self.heads))
+                *(features.LABEL_KEYS[head.field] for head in self.heads),
+                *(features.EXIF_KEYS[head.field] for head in self.heads
+                  if head.task == "regression"))
 
     @staticmethod
     def _head_target(head: labels.TaskSpec, decoded: dict) -> tf.Tensor:
@@ -272,13 +274,23 @@ class Parser:
                         labels.NO_LABEL)
 
     def target(self, decoded: dict) -> dict[str, tf.Tensor]:
-        """{head name: int32 task target} of the decoded labels (any shape); -1 when left out."""
-        return {head.name: self._head_target(head, decoded) for head in self.heads}
+        """{head name: task target} of the decoded labels (any shape): int32 class, -1 when left
+        out; for a regression head the float32 EXIF value in stops, NaN when left out."""
+        out = {}
+        for head in self.heads:
+            target = self._head_target(head, decoded)
+            if head.task == "regression":
+                value = stops.tf_value_to_stops(decoded[features.EXIF_KEYS[head.field]],
+                                                head.field)
+                target = tf.where(target >= 0, value, float("nan"))
+            out[head.name] = target
+        return out
 
     def keep(self, decoded: dict) -> tf.Tensor:
         """Filter predicate: True where the example has a target for at least one head."""
-        targets = list(self.target(decoded).values())
-        return tf.reduce_any(tf.stack([t >= 0 for t in targets]), axis=0)
+        labelled = [tf.math.is_finite(t) if t.dtype.is_floating else t >= 0
+                    for t in self.target(decoded).values()]
+        return tf.reduce_any(tf.stack(labelled), axis=0)
 
     def parse_fn(self, is_training: bool) -> Callable[..., tuple[tf.Tensor, dict]]:
         """fn(decoded, seed=None) -> (patches, labels). ``seed`` (shape [2]) drives the training
@@ -437,6 +449,19 @@ def count_examples(data_dir: str, split: str, field, task: str = "binary") -> in
     ds = read_records(data_dir, split, is_training=False).batch(1024).map(decoder.decode)
     return int(sum(int(tf.reduce_sum(tf.cast(parser.keep(batch), tf.int32)))
                    for batch in ds))
+
+
+def regression_stats(data_dir: str, field: str, split: str = "train") -> tuple[float, float]:
+    """(mean, std) in stops of a regression target over a split, computed once from the records'
+    EXIF values (parsed only, no image decoded): the standardisation of a regression head."""
+    parser = Parser(field, "regression")
+    decoder = Decoder(keys=parser.keys[1:])
+    ds = read_records(data_dir, split, is_training=False).batch(1024).map(decoder.decode)
+    values = np.concatenate([parser.target(batch)[field].numpy() for batch in ds] or [[]])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        raise ValueError(f"no {split} example has a {field} value for regression")
+    return float(values.mean()), float(max(values.std(), 1e-3))
 
 
 def dataset_mean_std(manifest: dict) -> tuple[list[float], list[float]]:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -49,6 +49,61 @@ def classification_results(labels: np.ndarray, probabilities: np.ndarray) -> dic
                               probabilities[labelled].argmax(-1), probabilities.shape[-1])
     return {"accuracy": accuracy(matrix), "per_class_accuracy": per_class_accuracy(matrix),
             "confusion_matrix": matrix.tolist(), "count": int(matrix.sum())}
+
+
+def binary_threshold(field: str) -> float:
+    """The paper's binary grouping as a threshold in stops: halfway across the classes it leaves
+    out (shutter: between 1/250 s and 1/30 s), so a regression is read as "fast" or "slow"."""
+    from exif_keras import labels as labels_lib
+
+    groups = labels_lib.field_spec(field).binary_groups
+    values = labels_lib.class_stops(field)
+    return (values[max(groups[0])] + values[min(groups[1])]) / 2.0
+
+
+def regression_results(field: str, true_stops: np.ndarray, predicted_stops: np.ndarray,
+                       train_mean: float) -> dict:
+    """A regression head's metrics over the examples with a target: stops.regression_metrics
+    (MAE/RMSE, the training mean's, the prediction's std over the targets') and ``accuracy`` of
+    the binary grouping obtained by thresholding the prediction (:func:`binary_threshold`), over
+    the examples whose true value falls in one of the two groups, so a regression row sits in the
+    same table as the binary classifiers."""
+    from exif_keras import labels as labels_lib
+    from exif_keras import stops
+
+    true_stops = np.asarray(true_stops, np.float64)
+    predicted_stops = np.asarray(predicted_stops, np.float64)
+    known = np.isfinite(true_stops)
+    out = stops.regression_metrics(predicted_stops[known], true_stops[known], train_mean)
+    groups = labels_lib.field_spec(field).binary_groups
+    values = np.asarray(labels_lib.class_stops(field))
+    low, high = values[max(groups[0])], values[min(groups[1])]
+    in_groups = known & ((true_stops <= low + 0.5) | (true_stops >= high - 0.5))
+    threshold = binary_threshold(field)
+    truth = true_stops[in_groups] > threshold
+    out["accuracy"] = (float(np.mean((predicted_stops[in_groups] > threshold) == truth))
+                       if in_groups.any() else None)
+    out["binary_count"] = int(in_groups.sum())
+    return out
+
+
+def head_results(head, labels: np.ndarray, outputs: np.ndarray,
+                 train_counts: Optional[Sequence[int]] = None,
+                 train_mean: Optional[float] = None) -> dict:
+    """Every metric of one head (a labels.TaskSpec) on one split: classification results, plus
+    for a fine head its metrics in stops (within one stop, MAE of the estimate, the majority
+    class's MAE, the binary task read off the fine prediction); regression_results for a
+    regression head."""
+    if head.task == "regression":
+        return regression_results(head.field, labels, outputs, train_mean)
+    out = classification_results(labels, outputs)
+    if head.task == "fine":
+        from exif_keras import stops
+
+        out.update({k: v for k, v in stops.field_metrics(head.field, labels, outputs,
+                                                           train_counts).items()
+                    if k not in ("accuracy", "count")})
+    return out
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:

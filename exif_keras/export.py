@@ -74,7 +74,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from exif_keras import __version__, labels
+from exif_keras import __version__, labels, stops
 from exif_keras.cli import shared_flag
 from exif_keras import dataset as data
 from exif_keras import model as model_lib
@@ -116,11 +116,11 @@ class RunInfo:
 
     model_dir: str
     config: model_lib.ModelConfig
-    task: labels.TaskSpec
+    heads: tuple  # labels.TaskSpec per model output, in the model's order
 
     @property
     def model_name(self) -> str:
-        return MODEL_NAME_PREFIX + self.task.field
+        return MODEL_NAME_PREFIX + labels.fields_name([h.field for h in self.heads])
 
     @property
     def weights_path(self) -> str:
@@ -128,7 +128,7 @@ class RunInfo:
 
 
 def read_run(model_dir: str, need_weights: bool = True) -> RunInfo:
-    """Model config and task of a training run folder; ExportError naming what is missing."""
+    """Model config and heads of a training run folder; ExportError naming what is missing."""
     if not tf.io.gfile.isdir(model_dir):
         raise ExportError(f"run folder {model_dir!r} does not exist (train one with "
                           f"`python -m exif_keras.train --field=<field>`, or pass --model_dir)")
@@ -141,24 +141,32 @@ def read_run(model_dir: str, need_weights: bool = True) -> RunInfo:
         config = model_lib.load_config(model_dir)
         with tf.io.gfile.GFile(os.path.join(model_dir, RUN_CONFIG)) as f:
             run_config = json.load(f)
-        task = _task_of(run_config)
+        heads = heads_of(run_config)
     except (ValueError, KeyError, TypeError) as e:
         raise ExportError(f"cannot read the run configuration in {model_dir!r}: {e}") from e
-    if task.num_classes != config.num_classes:
-        raise ExportError(f"{model_dir!r}: {RUN_CONFIG} names {task.num_classes} classes but "
-                          f"{model_lib.CONFIG_FILENAME} has num_classes={config.num_classes}")
-    return RunInfo(model_dir, config, task)
+    expected = [(h.name, h.num_classes) for h in heads]
+    built = [(h.name, h.num_classes) for h in config.heads]
+    if expected != built:
+        raise ExportError(f"{model_dir!r}: {RUN_CONFIG} names the heads {expected} but "
+                          f"{model_lib.CONFIG_FILENAME} has {built}")
+    return RunInfo(model_dir, config, heads)
 
 
-def _task_of(run_config: Mapping) -> labels.TaskSpec:
-    """The TaskSpec stored in run_config.json ("task"), else rebuilt from "train"'s field/task."""
-    task = run_config.get("task")
-    if task:
-        return labels.TaskSpec(field=task["field"], task=task["task"],
-                               class_names=tuple(task["class_names"]),
-                               fine_to_target=tuple(int(v) for v in task["fine_to_target"]))
+def task_from_json(task: Mapping) -> labels.TaskSpec:
+    return labels.TaskSpec(field=task["field"], task=task["task"],
+                           class_names=tuple(task["class_names"]),
+                           fine_to_target=tuple(int(v) for v in task["fine_to_target"]))
+
+
+def heads_of(run_config: Mapping) -> tuple:
+    """The TaskSpecs stored in run_config.json ("heads", else the one "task"), else rebuilt from
+    "train"'s field/task."""
+    if run_config.get("heads"):
+        return tuple(task_from_json(h) for h in run_config["heads"])
+    if run_config.get("task"):
+        return (task_from_json(run_config["task"]),)
     train = run_config["train"]
-    return labels.task_spec(train["field"], train.get("task", "binary"))
+    return labels.task_specs(train["field"], train.get("task", "binary"))
 
 
 # -------------------------------------------------------------------------------------- versions
@@ -189,8 +197,9 @@ def latest_version_dir(export_dir: str) -> Optional[str]:
     return None
 
 
-def default_export_dir(field: str) -> str:
-    return os.path.join("models", MODEL_NAME_PREFIX + field)
+def default_export_dir(field) -> str:
+    """models/exif_<fields>: exif_shutter, exif_shutter_iso, exif_all."""
+    return os.path.join("models", MODEL_NAME_PREFIX + labels.fields_name(field))
 
 
 # ---------------------------------------------------------------------------- serving function
@@ -223,9 +232,22 @@ def preprocess(image_bytes: tf.Tensor, num_patches: int, patch_size: int) -> tf.
             [num_patches, patch_size, patch_size, 3], tf.uint8))
 
 
-def make_serving_fn(model, class_names: Sequence[str], num_patches: int, patch_size: int):
-    """fn(image_bytes [N] string) -> {probabilities, class_ids, class_names}; graph ops only."""
-    names = tf.constant(list(class_names), tf.string)
+def plain_signature(heads: Sequence[labels.TaskSpec]) -> bool:
+    """A single binary head keeps the first signature: probabilities, class_ids, class_names.
+    Every other model names its outputs per head and adds the estimates (see module doc)."""
+    return len(heads) == 1 and heads[0].task == "binary"
+
+
+def make_serving_fn(model, heads: Sequence[labels.TaskSpec], num_patches: int, patch_size: int):
+    """fn(image_bytes [N] string) -> dict of outputs (graph ops only):
+
+    * a single binary head: ``probabilities``, ``class_ids``, ``class_names``;
+    * otherwise, per classification head ``<field>_probabilities``, ``<field>_class_ids``,
+      ``<field>_class_names``, per regression head ``<field>_stops``, and for every fine or
+      regression head the estimate as cameras write it: ``exposure_time`` (seconds),
+      ``f_number``, ``iso`` and ``exif_text`` (e.g. "1/125 s, f/5.6, ISO 400"), from the
+      probability-weighted mean over the classes in stops (exif_keras.stops)."""
+    plain = plain_signature(heads)
 
     def serving_default(image_bytes):
         patches = preprocess(image_bytes, num_patches, patch_size)
@@ -234,11 +256,27 @@ def make_serving_fn(model, class_names: Sequence[str], num_patches: int, patch_s
         count = tf.shape(patches)[0]
         padding = tf.zeros(tf.stack([tf.maximum(1 - count, 0), num_patches, patch_size,
                                      patch_size, 3]), tf.uint8)
-        probabilities = model(tf.concat([patches, padding], axis=0), training=False)
-        probabilities = tf.cast(probabilities, tf.float32)[:count]
-        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-        return {OUTPUT_PROBABILITIES: probabilities, OUTPUT_CLASS_IDS: class_ids,
-                OUTPUT_CLASS_NAMES: tf.gather(names, class_ids)}
+        raw = model(tf.concat([patches, padding], axis=0), training=False)
+        outputs, estimates = {}, {}
+        for head in heads:
+            value = tf.cast(raw[head.name], tf.float32)[:count]
+            prefix = "" if plain else f"{head.name}_"
+            if head.task == "regression":
+                outputs[prefix + "stops"] = value
+                estimates[head.field] = value
+                continue
+            class_ids = tf.argmax(value, axis=-1, output_type=tf.int64)
+            outputs[prefix + OUTPUT_PROBABILITIES] = value
+            outputs[prefix + OUTPUT_CLASS_IDS] = class_ids
+            outputs[prefix + OUTPUT_CLASS_NAMES] = tf.gather(
+                tf.constant(list(head.class_names), tf.string), class_ids)
+            if head.task == "fine":
+                estimates[head.field] = stops.tf_expected_stops(value, head.field)
+        if estimates:
+            outputs.update({stops.SETTINGS[f]: stops.tf_stops_to_value(s, f)
+                            for f, s in estimates.items()})
+            outputs["exif_text"] = stops.tf_exif_text(estimates)
+        return outputs
 
     return serving_default
 
@@ -477,8 +515,8 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     import keras
 
     run = read_run(model_dir, need_weights=model is None)
-    config, task = run.config, run.task
-    export_dir = export_dir or default_export_dir(task.field)
+    config, heads = run.config, run.heads
+    export_dir = export_dir or default_export_dir([h.field for h in heads])
     if version is None:
         version = next_version(export_dir)
     elif int(version) < 1:
@@ -502,7 +540,7 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     archive.track(serving_model)
     fn = archive.add_endpoint(
         SIGNATURE_NAME,
-        make_serving_fn(serving_model, task.class_names, config.num_patches, config.patch_size),
+        make_serving_fn(serving_model, heads, config.num_patches, config.patch_size),
         input_signature=input_signature())
     try:
         expected = fn(tf.constant(images))
@@ -519,15 +557,12 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
         metadata = {
             "format": 1,
             "model_name": run.model_name,
-            "field": task.field,
-            "task": task.task,
-            "class_names": list(task.class_names),
-            "fine_to_target": list(task.fine_to_target),
-            "fine_class_names": list(labels.field_spec(task.field).class_names),
+            "heads": [dict(h.to_json(), fine_class_names=list(
+                labels.field_spec(h.field).class_names)) for h in heads],
             "num_patches": config.num_patches,
             "patch_size": config.patch_size,
             "signature": {"name": SIGNATURE_NAME, "input": INPUT_NAME,
-                          "outputs": list(OUTPUT_NAMES)},
+                          "outputs": sorted(expected)},
             "version": version,
             "model_config": dataclasses.asdict(config),
             "source_model_dir": os.path.abspath(model_dir) if "://" not in model_dir
@@ -574,11 +609,13 @@ def _verify(path: str, images: Sequence[bytes], expected: Mapping[str, tf.Tensor
     """Loads the written SavedModel and checks its answers to the warmup images."""
     loaded = tf.saved_model.load(path)
     got = loaded.signatures[SIGNATURE_NAME](**{INPUT_NAME: tf.constant(images)})
-    if sorted(got) != sorted(OUTPUT_NAMES):
+    if sorted(got) != sorted(expected):
         raise RuntimeError(f"exported signature has outputs {sorted(got)}, "
-                           f"expected {sorted(OUTPUT_NAMES)}")
-    np.testing.assert_allclose(got[OUTPUT_PROBABILITIES].numpy(),
-                               expected[OUTPUT_PROBABILITIES].numpy(), rtol=1e-5, atol=1e-6)
+                           f"expected {sorted(expected)}")
+    for name, value in expected.items():
+        if value.dtype.is_floating:
+            np.testing.assert_allclose(got[name].numpy(), value.numpy(), rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
 
 
 # ------------------------------------------------------------------------------------------- CLI

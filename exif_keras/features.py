@@ -17,6 +17,11 @@ IMAGE_SOURCE_ID = "image/source_id"  # bytes: MIRFLICKR image number, or path re
 EXIF_EXPOSURE_TIME = "exif/exposure_time"  # float seconds, -1 when unknown
 EXIF_F_NUMBER = "exif/f_number"            # float, -1 when unknown
 EXIF_ISO = "exif/iso"                      # float, -1 when unknown
+EXIF_KEYS = {                              # the raw value of each field (labels.FIELDS)
+    "shutter": EXIF_EXPOSURE_TIME,
+    "aperture": EXIF_F_NUMBER,
+    "iso": EXIF_ISO,
+}
 LABEL_KEYS = {
     "shutter": "label/shutter",      # int64 fine class index, -1 when none
     "aperture": "label/aperture",

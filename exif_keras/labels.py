@@ -24,7 +24,7 @@ from typing import Optional
 
 NO_LABEL = -1
 FIELDS = ("shutter", "aperture", "iso")
-TASKS = ("binary", "fine")
+TASKS = ("binary", "fine", "regression")
 ALL_FIELDS = "all"  # --field=all: one model with a head per field
 
 SHUTTER_OFFSET = 13  # index = round(log2 t) + 13
@@ -167,8 +167,12 @@ class TaskSpec:
 
 
 def task_spec(field: str, task: str = "binary") -> TaskSpec:
-    """The grouping of the fine classes of ``field`` for ``task`` ('binary' or 'fine')."""
+    """The grouping of the fine classes of ``field`` for ``task`` ('binary', 'fine' or
+    'regression'). A regression task has no classes: its target is the EXIF value in stops, for
+    the photos that have a fine class (the same photos as the fine task, so the two compare)."""
     spec = field_spec(field)
+    if task == "regression":
+        return TaskSpec(field, task, (), tuple(range(spec.num_classes)))
     if task == "fine":
         return TaskSpec(field, task, spec.class_names, tuple(range(spec.num_classes)))
     if task == "binary":

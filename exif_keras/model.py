@@ -71,6 +71,8 @@ from typing import Optional, Sequence
 import keras
 from keras import ops
 
+from exif_keras import stops
+
 # Keras' own VGG16 no-top weights: file name, origin and md5, as in keras.applications.vgg16.
 VGG16_NOTOP_FILENAME = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 VGG16_NOTOP_URL = (
@@ -402,37 +404,6 @@ class Destandardize(keras.layers.Layer):
         return config
 
 
-def _labelled(y_true):
-    """(int32 class ids [N] with -1 replaced by 0, float mask [N]: 1 where labelled)."""
-    labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
-    return ops.maximum(labels, 0), ops.cast(labels >= 0, "float32")
-
-
-@keras.saving.register_keras_serializable(package="exif_keras")
-class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
-    """Cross-entropy on integer class ids with label smoothing (one-hot built inside the loss).
-    Labels -1 (no label for this head) count for nothing: the mean is over labelled examples."""
-
-    def __init__(self, label_smoothing=0.0, name="sparse_categorical_crossentropy", **kwargs):
-        super().__init__(name=name, reduction="sum", **kwargs)
-        self.label_smoothing = float(label_smoothing)
-
-    def call(self, y_true, y_pred):
-        num_classes = y_pred.shape[-1]
-        labels, mask = _labelled(y_true)
-        one_hot = ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
-        loss = keras.losses.categorical_crossentropy(
-            one_hot, y_pred, label_smoothing=self.label_smoothing
-        )
-        return ops.cast(loss, "float32") * mask / ops.maximum(ops.sum(mask), 1.0)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(label_smoothing=self.label_smoothing)
-        config.pop("reduction", None)
-        return config
-
-
 @keras.saving.register_keras_serializable(package="exif_keras")
 class MaskedStandardizedMSE(keras.losses.Loss):
     """Mean squared error of a regression head in units of the target's std (so the loss is
@@ -454,25 +425,6 @@ class MaskedStandardizedMSE(keras.losses.Loss):
         config.update(std=self.std)
         config.pop("reduction", None)
         return config
-
-
-@keras.saving.register_keras_serializable(package="exif_keras")
-class MaskedAccuracy(keras.metrics.Metric):
-    """Accuracy of the argmax over the examples that have a label (-1: none)."""
-
-    def __init__(self, name="accuracy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.correct = self.add_variable((), initializer="zeros", name="correct")
-        self.count = self.add_variable((), initializer="zeros", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        labels, mask = _labelled(y_true)
-        predicted = ops.cast(ops.argmax(ops.reshape(y_pred, (-1, y_pred.shape[-1])), -1), "int32")
-        self.correct.assign_add(ops.sum(ops.cast(ops.equal(predicted, labels), "float32") * mask))
-        self.count.assign_add(ops.sum(mask))
-
-    def result(self):
-        return ops.divide_no_nan(self.correct, self.count)
 
 
 @keras.saving.register_keras_serializable(package="exif_keras")
@@ -728,15 +680,17 @@ def head_of(model: keras.Model) -> keras.Model:
 
 def compile_model(
     model: keras.Model, learning_rate: float = 1e-3, label_smoothing: float = 0.0,
-    loss_weights: Optional[dict] = None, **compile_kwargs
+    loss_weights: Optional[dict] = None, ordinal_sigma: float = 0.0, **compile_kwargs
 ) -> None:
     """Adam, and per head a masked loss and metric (labels -1 / NaN count for nothing).
 
     Classification heads: cross-entropy on integer class ids (``[B]`` or ``[B, 1]``), metric
-    "accuracy". Without smoothing the loss is Keras' SparseCategoricalCrossentropy with
-    ``ignore_class=-1``; with ``label_smoothing > 0`` it is
-    :class:`SparseCategoricalCrossentropyWithSmoothing`, which one-hots inside the loss, so the
-    input pipeline is the same either way. Regression heads: :class:`MaskedStandardizedMSE`,
+    "accuracy" (:class:`exif_keras.stops.MaskedAccuracy`). Without smoothing or ordinal spread
+    the loss is Keras' SparseCategoricalCrossentropy with ``ignore_class=-1``; otherwise
+    :class:`exif_keras.stops.MaskedOrdinalCrossentropy`, whose target spreads over neighbouring
+    classes (``ordinal_sigma``, in classes; for fine tasks, whose classes are ordered stops) and
+    is smoothed, built inside the loss, so the input pipeline is the same either way.
+    Regression heads: :class:`MaskedStandardizedMSE`,
     metric "mae_stops". ``loss_weights``: {head name: weight} (default 1 each). The L2 penalties
     of the head are added by Keras. Extra keyword arguments go to ``model.compile`` (e.g.
     ``jit_compile``, ``steps_per_execution``).
@@ -748,10 +702,10 @@ def compile_model(
             losses[name] = MaskedStandardizedMSE(std)
             metrics[name] = [MaskedMeanAbsoluteError(name="mae_stops")]
         else:
-            losses[name] = (SparseCategoricalCrossentropyWithSmoothing(label_smoothing)
-                            if label_smoothing else
+            losses[name] = (stops.MaskedOrdinalCrossentropy(ordinal_sigma, label_smoothing)
+                            if label_smoothing or ordinal_sigma else
                             keras.losses.SparseCategoricalCrossentropy(ignore_class=-1))
-            metrics[name] = [MaskedAccuracy(name="accuracy")]
+            metrics[name] = [stops.MaskedAccuracy(name="accuracy")]
     unknown = sorted(set(loss_weights or {}) - set(losses))
     if unknown:
         raise ValueError(f"loss weights for unknown heads {unknown}; heads: {sorted(losses)}")

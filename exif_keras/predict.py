@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from exif_keras import export, labels
+from exif_keras import evaluation, export, labels, stops
 from exif_keras.cli import shared_flag
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -100,12 +100,21 @@ class Predictor:
         return predictor
 
     @property
-    def task(self) -> Optional[labels.TaskSpec]:
+    def heads(self) -> tuple:
+        """The model's heads (labels.TaskSpec) from exif_keras.json (older exports: one)."""
         m = self.metadata
-        if not all(k in m for k in ("field", "task", "class_names", "fine_to_target")):
-            return None
-        return labels.TaskSpec(m["field"], m["task"], tuple(m["class_names"]),
-                               tuple(m["fine_to_target"]))
+        if m.get("heads"):
+            return tuple(export.task_from_json(h) for h in m["heads"])
+        if all(k in m for k in ("field", "task", "class_names", "fine_to_target")):
+            return (labels.TaskSpec(m["field"], m["task"], tuple(m["class_names"]),
+                                    tuple(m["fine_to_target"])),)
+        return ()
+
+    @property
+    def task(self) -> Optional[labels.TaskSpec]:
+        """The one head of a single-field model (None for a joint model or without metadata)."""
+        heads = self.heads
+        return heads[0] if len(heads) == 1 else None
 
     def __call__(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
         """Runs the signature on encoded images; raises tf.errors.InvalidArgumentError when one
@@ -304,6 +313,71 @@ def _line(result: Result, class_names: Sequence[str], as_json: bool) -> str:
     return text
 
 
+# ---------------------------------------------------------------- estimates (fine / joint models)
+
+def estimate_of(outputs: dict, fields: Sequence[str]) -> dict:
+    """{field: {"value", "stops", "text"}} of one photo's served estimate."""
+    out = {}
+    for field in fields:
+        value = float(outputs[stops.SETTINGS[field]])
+        s = stops.value_to_stops(value, field)
+        out[field] = {"value": value, "stops": s, "text": stops.standard_text(s, field)}
+    return out
+
+
+def estimate_truth(field: str, estimate: dict, settings: Optional[dict]) -> Optional[dict]:
+    """The photo's own EXIF value of ``field`` beside the estimate: its text, the signed error in
+    stops (estimate minus EXIF), and whether the paper's binary group agrees (None when the EXIF
+    value is in neither group). None without that EXIF value."""
+    value = (settings or {}).get(stops.SETTINGS[field])
+    if value is None:
+        return None
+    error = stops.stop_error(field, estimate["value"], value)
+    group = labels.task_spec(field, "binary").target(labels.field_spec(field).classify(value))
+    predicted_group = int(estimate["stops"] > evaluation.binary_threshold(field))
+    return {"value": value, "text": format_value(field, value), "error_stops": error,
+            "binary_agrees": None if group == labels.NO_LABEL else predicted_group == group}
+
+
+def estimate_line(path: str, estimate: dict, truth: dict) -> str:
+    """``photo.jpg  1/125 s  f/5.6  ISO 400  | EXIF 1/250 s: shutter +1.0 stops``."""
+    text = f"{path}  " + "  ".join(e["text"] for e in estimate.values())
+    known = [(f, t) for f, t in truth.items() if t is not None]
+    if known:
+        text += "  | EXIF " + ", ".join(
+            f"{t['text']}: {stops.format_stop_error(f, t['error_stops'])}" for f, t in known)
+    return text
+
+
+def estimate_summary(rows: Sequence[dict], failed: Sequence, fields: Sequence[str]) -> dict:
+    """Per field: photos with that EXIF value, the MAE in stops, the within-one-stop rate and the
+    binary agreement of the estimates."""
+    per_field = {}
+    for field in fields:
+        truths = [r["exif"][field] for r in rows if r["exif"].get(field)]
+        errors = np.array([abs(t["error_stops"]) for t in truths], np.float64)
+        binary = [t["binary_agrees"] for t in truths if t["binary_agrees"] is not None]
+        per_field[field] = {
+            "with_exif": len(truths),
+            "mae_stops": float(errors.mean()) if len(errors) else None,
+            "within_one_stop": float(np.mean(errors <= 1.0)) if len(errors) else None,
+            "binary_photos": len(binary),
+            "binary_agreement": float(np.mean(binary)) if binary else None,
+        }
+    return {"photos": len(rows), "failed": len(failed), "fields": per_field}
+
+
+def estimate_summary_text(summary: dict) -> str:
+    lines = [f"{summary['photos']} photo(s) predicted, {summary['failed']} failed."]
+    rows = [[field, s["with_exif"], s["mae_stops"], _pct(s["within_one_stop"]),
+             f"{_pct(s['binary_agreement'])} of {s['binary_photos']}"]
+            for field, s in summary["fields"].items() if s["with_exif"]]
+    if rows:
+        lines.append(evaluation.format_table(
+            rows, ["field", "with EXIF", "MAE stops", "within 1 stop", "binary agrees"]))
+    return "\n".join(lines)
+
+
 def run(paths: Sequence[str], model: str, version: Optional[int] = None,
         batch_size: int = DEFAULT_BATCH_SIZE, as_json: bool = False,
         out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
@@ -322,6 +396,9 @@ def run(paths: Sequence[str], model: str, version: Optional[int] = None,
     except PredictError as e:
         print(f"predict: error: {e}", file=err)
         return 2
+    heads = predictor.heads
+    if heads and not export.plain_signature(heads):
+        return _run_estimates(predictor, paths, batch_size, as_json, out, err)
     task = predictor.task
     class_names = (list(task.class_names) if task else predictor.metadata.get("class_names"))
 
@@ -372,6 +449,71 @@ def run(paths: Sequence[str], model: str, version: Optional[int] = None,
     else:
         print(summary_text(summary, task.field if task else None), file=out)
     return 1 if failed else 0
+
+
+def _read_inputs(paths: Sequence[str], batch_size: int, report):
+    """Batches [(path, bytes)] of the readable images under ``paths``; the others reported."""
+    files, missing = find_images(paths)
+    for path, reason in missing:
+        report(path, reason, skipped=False)
+    batch = []
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            report(path, f"cannot read: {e.strerror or e}")
+            continue
+        problem = image_problem(data)
+        if problem:
+            report(path, problem)
+            continue
+        batch.append((path, data))
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _run_estimates(predictor: Predictor, paths, batch_size, as_json, out, err) -> int:
+    """predict for fine, regression and joint models: the estimated settings per photo, each
+    beside the file's own EXIF value and the error in stops."""
+    heads = predictor.heads
+    fields = [h.field for h in heads if h.task in ("fine", "regression")]
+    classes = [h for h in heads if h.task == "binary"]
+    failed, rows = [], []
+
+    def report(path, reason, skipped=True):
+        failed.append((path, reason))
+        print(f"{path}: {'skipped: ' if skipped else ''}{reason}", file=err)
+
+    for batch in _read_inputs(paths, batch_size, report):
+        batch_failed: list[tuple[str, str]] = []
+        for path, data, outputs in _predict_batch(predictor, batch, batch_failed):
+            estimate = estimate_of(outputs, fields)
+            settings = read_settings(data)
+            truth = {f: estimate_truth(f, estimate[f], settings) for f in fields}
+            row = {"path": path, "estimate": estimate, "exif": truth,
+                   "classes": {h.field: _decode(outputs[f"{h.field}_{export.OUTPUT_CLASS_NAMES}"])
+                               for h in classes}}
+            if "exif_text" in outputs:
+                row["exif_text"] = _decode(outputs["exif_text"])
+            rows.append(row)
+            line = (json.dumps(row) if as_json else
+                    estimate_line(path, estimate, truth) + "".join(
+                        f"  [{f}: {c}]" for f, c in row["classes"].items()))
+            print(line, file=out, flush=True)
+        for path, reason in batch_failed:
+            report(path, reason)
+    summary = estimate_summary(rows, failed, fields)
+    print(json.dumps({"summary": summary}) if as_json else estimate_summary_text(summary),
+          file=out)
+    return 1 if failed else 0
+
+
+def _decode(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # ------------------------------------------------------------------------------------------- CLI

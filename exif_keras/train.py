@@ -43,7 +43,8 @@ flags.register_validator("field", lambda v: v is None or _valid_fields(v),
                          f"--field must be one of {', '.join(FIELDS)}, a comma list of them, or "
                          f"{labels.ALL_FIELDS!r}")
 _TASK = flags.DEFINE_enum("task", "binary", list(labels.TASKS),
-                          "binary: the paper's two groups; fine: every class.")
+                          "binary: the paper's two groups; fine: every class; regression: the "
+                          "value in stops (the paper's section 4 baseline).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "data/records", "Records written by make_records.")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run folder; default runs/<field>.")
 _EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
@@ -67,6 +68,10 @@ _BN_MOMENTUM = flags.DEFINE_float(
     "suits short runs, whose statistics would otherwise lag the weights at evaluation.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (0 = one-hot).")
+_ORDINAL_SIGMA = flags.DEFINE_float(
+    "ordinal_sigma", 0.0, "Fine tasks: spread the target over neighbouring classes, a discretised "
+    "Gaussian of this std in classes (stops), so a near miss costs less than a far one; 0 is "
+    "plain cross-entropy.", lower_bound=0.0)
 _FIELD_WEIGHTS = flags.DEFINE_list(
     "field_weights", [], "Loss weight per field of a joint model, e.g. shutter=1,iso=0.5 "
     "(default 1 each).")
@@ -128,6 +133,7 @@ class TrainConfig:
     batchnorm_momentum: float = 0.99
     learning_rate: float = 1e-3
     label_smoothing: float = 0.0
+    ordinal_sigma: float = 0.0
     field_weights: Optional[dict] = None  # {field: loss weight}; default 1 each
     normalization: str = "auto"
     patch_mode: str = "folded"
@@ -162,7 +168,7 @@ class TrainConfig:
                    filters=_FILTERS.value, scratch_width_divisor=_SCRATCH_WIDTH.value,
                    l2=_L2.value,
                    batchnorm_momentum=_BN_MOMENTUM.value, learning_rate=_LEARNING_RATE.value,
-                   label_smoothing=_LABEL_SMOOTHING.value,
+                   label_smoothing=_LABEL_SMOOTHING.value, ordinal_sigma=_ORDINAL_SIGMA.value,
                    field_weights=_parse_weights(_FIELD_WEIGHTS.value),
                    normalization=_NORMALIZATION.value,
                    patch_mode=_PATCH_MODE.value, mixed_precision=_MIXED_PRECISION.value,
@@ -224,11 +230,6 @@ def _configure_devices(config: TrainConfig):
     return strategy, bool(mixed)
 
 
-def _best_so_far(csv_path: str, monitor: str) -> Optional[float]:
-    """Best ``monitor`` of the epochs already logged (so a resumed run keeps the true best)."""
-    return _best_epoch(csv_path, monitor)[1]
-
-
 def _trim_csv_log(csv_path: str, completed_epochs: int) -> None:
     """Drops rows of epochs that a killed run logged but BackupAndRestore will run again."""
     if not os.path.exists(csv_path):
@@ -259,7 +260,7 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
 
     def __init__(self, dataset, heads: Sequence[labels.TaskSpec], log_dir):
         super().__init__()
-        self.dataset, self.heads = dataset, [h for h in heads if h.num_classes]
+        self.dataset, self.heads = dataset, [h for h in heads if h.task != "regression"]
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "confusion"))
 
     def on_epoch_end(self, epoch, logs=None):
@@ -295,10 +296,17 @@ class MeanOverHeads(keras.callbacks.Callback):
                 logs[f"{prefix}accuracy"] = float(np.mean(values))
 
 
+def _head_config(head: labels.TaskSpec, data_dir: str) -> model_lib.HeadConfig:
+    if head.task == "regression":
+        mean, std = data.regression_stats(data_dir, head.field)
+        return model_lib.HeadConfig(head.name, kind="regression", mean=mean, std=std)
+    return model_lib.HeadConfig(head.name, head.num_classes)
+
+
 def _model_config(config: TrainConfig, heads: Sequence[labels.TaskSpec],
                   mean, std) -> model_lib.ModelConfig:
     return model_lib.ModelConfig(
-        heads=tuple(model_lib.HeadConfig(h.name, h.num_classes) for h in heads),
+        heads=tuple(_head_config(h, config.data_dir) for h in heads),
         num_patches=config.num_patches,
         patch_size=config.patch_size, backbone=config.backbone, trunk_layer=config.trunk_layer,
         backbone_weights=config.backbone_weights, filters=config.filters, l2=config.l2,
@@ -417,16 +425,20 @@ def _fit(model, config: TrainConfig, inputs: _Inputs, model_dir: str, heads,
             if os.path.exists(os.path.join(model_dir, name)):
                 os.remove(os.path.join(model_dir, name))
     val_ds = inputs.validation_in_fit()
-    monitor = "val_accuracy" if val_ds is not None else "accuracy"
+    # The best epoch: by accuracy (a joint model's: the mean over heads, MeanOverHeads), or, for
+    # a regression, by loss.
+    monitor = ("val_" if val_ds is not None else "") + (
+        "loss" if config.task == "regression" else "accuracy")
+    mode = "min" if config.task == "regression" else "max"
     names = [h.name for h in heads]
     callbacks = [
         MeanOverHeads(names),
         keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
                                          delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor=monitor,
-                                        mode="max", save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=_best_so_far(csv_path, monitor)
-                                        if completed else None),
+                                        mode=mode, save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=_best_epoch(
+                                            csv_path, monitor, mode)[1] if completed else None),
         keras.callbacks.CSVLogger(csv_path, append=True),
         keras.callbacks.TensorBoard(os.path.join(model_dir, LOG_DIR)),
     ]
@@ -437,15 +449,18 @@ def _fit(model, config: TrainConfig, inputs: _Inputs, model_dir: str, heads,
         model.fit(inputs.training_stream(completed), validation_data=val_ds,
                   epochs=config.epochs, steps_per_epoch=inputs.steps_per_epoch,
                   callbacks=callbacks, verbose=config.verbose, shuffle=False)
-    best_epoch, best_value = _best_epoch(csv_path, monitor)
+    best_epoch, best_value = _best_epoch(csv_path, monitor, mode)
     _write_json(os.path.join(model_dir, FIT_COMPLETE),
                 {"epochs": config.epochs, "monitor": monitor, "best_epoch": best_epoch,
                  "best_value": best_value})
     shutil.rmtree(backup_dir, ignore_errors=True)
 
 
-def _best_epoch(csv_path: str, monitor: str) -> tuple[Optional[int], Optional[float]]:
-    """(1-based epoch, value) of the best ``monitor`` in the CSV log."""
+def _best_epoch(csv_path: str, monitor: str,
+                mode: str = "max") -> tuple[Optional[int], Optional[float]]:
+    """(1-based epoch, value) of the best ``monitor`` (highest, or lowest for mode "min") in the
+    CSV log; a resumed run's checkpoint starts from it, so it keeps the true best."""
+    sign = 1.0 if mode == "max" else -1.0
     best_epoch, best_value = None, None
     if os.path.exists(csv_path):
         with open(csv_path, newline="") as f:
@@ -454,23 +469,39 @@ def _best_epoch(csv_path: str, monitor: str) -> tuple[Optional[int], Optional[fl
                     v = float(row.get(monitor) or "nan")
                 except ValueError:
                     continue
-                if v == v and (best_value is None or v > best_value):
+                if v == v and (best_value is None or sign * v > sign * best_value):
                     best_epoch, best_value = int(row["epoch"]) + 1, v
     return best_epoch, best_value
 
 
-def _evaluate(model, heads, inputs: _Inputs, eval_train: bool) -> dict:
-    """{split: {head name: results}} on the evaluation grid, every image of each split."""
+def _evaluate(model, heads, inputs: _Inputs, eval_train: bool, manifest: dict,
+              model_config: model_lib.ModelConfig) -> dict:
+    """{split: {head name: results}} on the evaluation grid, every image of each split (see
+    evaluation.head_results; the majority class and the mean are the training split's)."""
     splits = (["train"] if eval_train else []) + ["validation", "test"]
+    train_counts = {h.name: _train_class_counts(manifest, h.field) for h in heads}
+    train_means = {h.name: h.mean for h in model_config.heads}
     results = {}
     for split in splits:
         ds = inputs.evaluation(split)
         if ds is None:
             continue
         y, p = evaluation.predict_split(model, ds)
-        results[split] = {h.name: evaluation.classification_results(y[h.name], p[h.name])
+        results[split] = {h.name: evaluation.head_results(h, y[h.name], p[h.name],
+                                                          train_counts[h.name],
+                                                          train_means[h.name])
                           for h in heads}
     return results
+
+
+def _train_class_counts(manifest: dict, field: str) -> list[int]:
+    """Fine class counts of the training split (manifest), for the majority-class baseline."""
+    per_class = manifest["counts"].get("train", {}).get(field, {})
+    counts = [0] * labels.field_spec(field).num_classes
+    for fine, n in per_class.items():
+        if 0 <= int(fine) < len(counts):
+            counts[int(fine)] = int(n)
+    return counts
 
 
 def _metrics(config: TrainConfig, heads, results: dict, counts: dict, fit_state: dict,
@@ -481,7 +512,8 @@ def _metrics(config: TrainConfig, heads, results: dict, counts: dict, fit_state:
     def mean_accuracy(split):
         if split not in results:
             return None
-        values = [r["accuracy"] for r in results[split].values() if r["count"]]
+        values = [r["accuracy"] for r in results[split].values()
+                  if r["count"] and r["accuracy"] is not None]
         return float(np.mean(values)) if values else None
 
     fields = {h.name: {"task": h.task, "class_names": list(h.class_names),
@@ -508,7 +540,7 @@ def _metrics(config: TrainConfig, heads, results: dict, counts: dict, fit_state:
         "num_patches": config.num_patches,
         "patch_size": config.patch_size,
     }
-    if len(heads) == 1:
+    if len(heads) == 1 and heads[0].task != "regression":
         only = fields[heads[0].name]
         test = only["splits"].get("test")
         metrics.update(class_names=only["class_names"],
@@ -526,6 +558,8 @@ def _write_confusion_matrices(model_dir: str, heads, results: dict, step: int) -
         return
     writer = tf.summary.create_file_writer(os.path.join(model_dir, LOG_DIR, "confusion"))
     for head in heads:
+        if head.task == "regression":
+            continue
         image = evaluation.render_confusion_matrix(
             np.array(test[head.name]["confusion_matrix"]), head.class_names,
             f"{head.name} ({head.task}), test split")
@@ -580,6 +614,9 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     keras.utils.set_random_seed(config.seed)
     strategy, mixed = _configure_devices(config)
     mean, std = data.dataset_mean_std(manifest)
+    if config.ordinal_sigma and config.task != "fine":
+        raise TrainError("--ordinal_sigma spreads the target over ordered fine classes: use it "
+                         "with --task=fine")
     try:
         model_config = _model_config(config, heads, mean, std)
     except ValueError as e:  # an impossible combination of flags (e.g. a patch too small)
@@ -599,6 +636,7 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
             raise TrainError(str(e)) from e
         model_lib.compile_model(model, learning_rate=config.learning_rate,
                                 label_smoothing=config.label_smoothing,
+                                ordinal_sigma=config.ordinal_sigma,
                                 loss_weights=config.field_weights)
     if config.verbose:
         model.summary(print_fn=lambda line, *a, **k: logging.info("%s", line))
@@ -615,7 +653,7 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
         model.save_weights(best_path)
 
     # Evaluate every split, write the metrics and figures, export.
-    results = _evaluate(model, heads, inputs, config.eval_train)
+    results = _evaluate(model, heads, inputs, config.eval_train, manifest, model_config)
     metrics = _metrics(config, heads, results, counts, fit_state, mixed,
                        strategy.num_replicas_in_sync)
     _write_confusion_matrices(model_dir, heads, results, step=config.epochs)
@@ -626,19 +664,32 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     return metrics
 
 
+STOP_METRICS = ("within_one_stop", "mae_stops", "majority_mae_stops", "binary_accuracy")
+REGRESSION_METRICS = ("accuracy", "mae_stops", "rmse_stops", "mean_baseline_mae_stops",
+                      "prediction_std_ratio")
+
+
 def summary(metrics: dict) -> str:
-    """Accuracy per split, per head and per class, as a table."""
+    """Per split: accuracy per head and per class; for fine heads the metrics in stops; for
+    regression heads the errors in stops against the training mean's."""
     splits = [s for s in ("train", "validation", "test") if s in metrics["splits"]]
     several = len(metrics["fields"]) > 1
     rows = [["all" + (" (mean over fields)" if several else "")]
             + [metrics["splits"][s]["accuracy"] for s in splits]]
     for name, field in metrics["fields"].items():
-        prefix = f"{name}: " if several else ""
-        if several:
-            rows.append([name] + [field["splits"][s]["accuracy"] for s in splits])
-        for i, class_name in enumerate(field["class_names"]):
-            rows.append([prefix + class_name]
-                        + [field["splits"][s]["per_class_accuracy"][i] for s in splits])
+        prefix = f"{name}: " if several or field["task"] == "regression" else ""
+        per_split = [field["splits"][s] for s in splits]
+        if field["task"] == "regression":
+            rows.extend([prefix + key] + [r.get(key) for r in per_split]
+                        for key in REGRESSION_METRICS)
+        else:
+            if several:
+                rows.append([name] + [r["accuracy"] for r in per_split])
+            for i, class_name in enumerate(field["class_names"]):
+                rows.append([prefix + class_name] + [r["per_class_accuracy"][i] for r in per_split])
+            if field["task"] == "fine":
+                rows.extend([prefix + key] + [r.get(key) for r in per_split]
+                            for key in STOP_METRICS)
         rows.append([prefix + "images"] + [field["splits"][s]["count"] for s in splits])
     return evaluation.format_table(rows, ["accuracy"] + splits)
 

@@ -38,7 +38,7 @@ SAVED_MODEL_CLI = os.path.join(REPO, ".venv", "bin", "saved_model_cli")
 # ------------------------------------------------------------------------------------- helpers
 
 def tiny_config() -> model_lib.ModelConfig:
-    return model_lib.ModelConfig(num_classes=2, num_patches=K, patch_size=P, backbone="scratch",
+    return model_lib.ModelConfig(heads=(model_lib.HeadConfig(FIELD, 2),), num_patches=K, patch_size=P, backbone="scratch",
                                  backbone_weights=None, filters=4, dense_units=8)
 
 
@@ -101,7 +101,7 @@ def keras_probabilities(model: keras.Model, encoded: bytes) -> np.ndarray:
     """What evaluation computes: decode, the k patches of the grid, the Keras model."""
     patches = dataset.extract_patches(dataset.decode_image(tf.constant(encoded)), K, P,
                                       is_training=False)
-    return model(patches[None], training=False).numpy()[0]
+    return model(patches[None], training=False)[FIELD].numpy()[0]
 
 
 def tf_serving_rest_predict(signature, body: str) -> dict:
@@ -182,9 +182,10 @@ def test_version_folder_layout(exported, models_dir):
     with open(os.path.join(exported, "assets.extra", "exif_keras.json")) as f:
         meta = json.load(f)
     task = labels.task_spec(FIELD, TASK)
-    assert meta["field"] == FIELD and meta["task"] == TASK
-    assert meta["class_names"] == list(task.class_names)
-    assert meta["fine_to_target"] == list(task.fine_to_target)
+    [head] = meta["heads"]
+    assert head["field"] == FIELD and head["task"] == TASK
+    assert head["class_names"] == list(task.class_names)
+    assert head["fine_to_target"] == list(task.fine_to_target)
     assert (meta["num_patches"], meta["patch_size"]) == (K, P)
     assert meta["model_name"] == "exif_shutter" and meta["version"] == 1
 
@@ -237,7 +238,7 @@ def test_parity_with_keras_model_on_evaluation_patches(signature, keras_model):
 def test_png_decodes_to_the_exact_pixels(signature, keras_model):
     array = textured(70, 100, 4)
     patches = dataset.extract_patches(tf.constant(array), K, P, is_training=False)
-    expected = keras_model(patches[None], training=False).numpy()
+    expected = keras_model(patches[None], training=False)[FIELD].numpy()
     np.testing.assert_allclose(serve(signature, [encode(array, "PNG")])["probabilities"],
                                expected, rtol=1e-5, atol=1e-6)
 

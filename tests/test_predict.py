@@ -26,7 +26,7 @@ NAMES = labels.task_spec(FIELD, TASK).class_names   # ("fast: ...", "slow: ...")
 
 def make_run(model_dir: str) -> None:
     """A run folder as exif_keras.train leaves it, with random weights (nothing trained)."""
-    config = model_lib.ModelConfig(num_classes=2, num_patches=K, patch_size=P, backbone="scratch",
+    config = model_lib.ModelConfig(heads=(model_lib.HeadConfig(FIELD, 2),), num_patches=K, patch_size=P, backbone="scratch",
                                    backbone_weights=None, filters=4, dense_units=8)
     model_lib.save_config(config, model_dir)
     with open(os.path.join(model_dir, export.RUN_CONFIG), "w") as f:

@@ -4,6 +4,7 @@ and a two-replica MirroredStrategy step on the CPU."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -136,3 +137,151 @@ def test_cli_with_flagfile_and_two_replica_mirrored_strategy(records, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["replicas"] == 2
     assert metrics["mixed_precision"] is False  # auto: no GPU here
+
+
+# ------------------------------------------------------------------ resume, finished, retrain
+
+class _KillAfter(keras.callbacks.Callback):
+    """Stands for kill -9 right after an epoch's end (after BackupAndRestore saved it)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"killed after epoch {epoch}")
+
+
+class _EpochsRun(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def _weights(path):
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _log(run):
+    with open(run / train.CSV_LOG) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_a_run_killed_between_epochs_ends_where_an_uninterrupted_one_does(records, tmp_path):
+    straight = train.train(tiny_config(records, tmp_path / "straight", epochs=3))
+    config = tiny_config(records, tmp_path / "killed", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config, extra_callbacks=[_KillAfter(1)])
+    seen = _EpochsRun()
+    resumed = train.train(config, extra_callbacks=[seen])
+    assert seen.epochs == [2]
+    # the same data order and crops after the restart: the same losses, weights and metrics
+    for a, b in zip(_log(tmp_path / "straight"), _log(tmp_path / "killed"), strict=True):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    w1, w2 = _weights(tmp_path / "straight" / train.BEST_WEIGHTS), \
+        _weights(tmp_path / "killed" / train.BEST_WEIGHTS)
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        np.testing.assert_allclose(w1[name], w2[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert resumed["splits"] == straight["splits"]
+    assert resumed["best_epoch"] == straight["best_epoch"]
+
+
+def test_a_resumed_run_keeps_the_best_validation_accuracy_so_far(records, tmp_path):
+    config = tiny_config(records, tmp_path / "run", epochs=3)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config, extra_callbacks=[_KillAfter(0)])
+    best_bytes = (run / train.BEST_WEIGHTS).read_bytes()
+    # Make epoch 1's validation accuracy unbeatable: a resumed run that forgot it would save a
+    # later (worse) epoch over the best checkpoint.
+    rows = list(csv.DictReader(open(run / train.CSV_LOG)))
+    rows[0]["val_accuracy"] = "1.5"
+    with open(run / train.CSV_LOG, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    metrics = train.train(config)
+    assert (run / train.BEST_WEIGHTS).read_bytes() == best_bytes
+    assert metrics["best_epoch"] == 1
+
+
+def test_killed_after_fit_goes_straight_to_evaluation_and_a_finished_run_is_not_retrained(
+        records, tmp_path, monkeypatch):
+    config = tiny_config(records, tmp_path / "run", epochs=2)
+    real = train._evaluate
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed during the final evaluation")
+
+    monkeypatch.setattr(train, "_evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config)
+    monkeypatch.setattr(train, "_evaluate", real)
+    assert (tmp_path / "run" / train.FIT_COMPLETE).exists()
+    seen = _EpochsRun()
+    metrics = train.train(config, extra_callbacks=[seen])
+    assert seen.epochs == [] and [r["epoch"] for r in _log(tmp_path / "run")] == [0, 1]
+    assert metrics["best_epoch"] in (1, 2) and "already_finished" not in metrics
+    # run again once finished: says so, trains nothing, the same metrics
+    again = train.train(config, extra_callbacks=[seen])
+    assert again["already_finished"] is True and seen.epochs == []
+    assert again["splits"] == metrics["splits"]
+    # finished without an export: the rerun exports it once
+    exported = train.train(dataclasses.replace(config, export=True,
+                                               export_dir=str(tmp_path / "models" / "exif_x")))
+    assert exported["export_path"].endswith("exif_x/1")
+    assert train.train(dataclasses.replace(config, export=True, export_dir=str(
+        tmp_path / "models" / "exif_x")))["export_path"] == exported["export_path"]
+    # --retrain starts over
+    retrained = train.train(dataclasses.replace(config, retrain=True), extra_callbacks=[seen])
+    assert seen.epochs == [0, 1] and "already_finished" not in retrained
+
+
+# ----------------------------------------------------------------------- several fields, tasks
+
+def test_joint_fine_model_of_all_fields(records, tmp_path):
+    metrics = train.train(tiny_config(records, tmp_path / "run", field="all", task="fine",
+                                      ordinal_sigma=0.7, eval_train=True,
+                                      field_weights={"iso": 0.5}))
+    assert list(metrics["fields"]) == ["shutter", "aperture", "iso"]
+    for name, field in metrics["fields"].items():
+        test = field["splits"]["test"]
+        for key in ("accuracy", "within_one_stop", "mae_stops", "majority_mae_stops",
+                    "binary_accuracy", "confusion_matrix"):
+            assert key in test, (name, key)
+        assert test["count"] == np.array(test["confusion_matrix"]).sum()
+        assert test["within_one_stop"] >= test["accuracy"]
+    accuracies = [f["splits"]["test"]["accuracy"] for f in metrics["fields"].values()]
+    assert metrics["test_accuracy"] == pytest.approx(np.mean(accuracies))
+    header = open(tmp_path / "run" / train.CSV_LOG).readline()
+    assert "val_accuracy" in header and "val_iso_accuracy" in header
+    for name in ("shutter", "aperture", "iso"):
+        assert (tmp_path / "run" / f"confusion_matrix_{name}.png").exists()
+    table = train.summary(metrics)
+    assert "iso: mae_stops" in table and "mean over fields" in table
+    with pytest.raises(train.TrainError, match="ordinal_sigma"):
+        train.train(tiny_config(records, tmp_path / "bad", ordinal_sigma=1.0))
+
+
+def test_regression_baseline(records, tmp_path):
+    metrics = train.train(tiny_config(records, tmp_path / "run", task="regression"))
+    test = metrics["fields"]["shutter"]["splits"]["test"]
+    for key in ("mae_stops", "rmse_stops", "mean_baseline_mae_stops", "mean_baseline_rmse_stops",
+                "prediction_std_ratio", "accuracy"):
+        assert test[key] is not None, key
+    assert metrics["test_accuracy"] == test["accuracy"]
+    config = json.loads((tmp_path / "run" / "model_config.json").read_text())
+    head = config["heads"][0]
+    assert head["kind"] == "regression" and head["std"] > 0
+    assert "shutter: mae_stops" in train.summary(metrics)
