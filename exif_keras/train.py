@@ -256,6 +256,7 @@ def train(config: TrainConfig) -> dict:
     model_dir = config.resolved_model_dir()
     try:
         manifest = data.read_manifest(config.data_dir)
+        data.verify_records(config.data_dir, manifest=manifest)
     except (FileNotFoundError, ValueError) as e:
         raise TrainError(f"{e}\nBuild the records first: python -m exif_keras.make_records "
                          f"--output_dir={config.data_dir}") from e
