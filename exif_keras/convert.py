@@ -85,6 +85,7 @@ class Options:
     min_side: int = 128
     max_pixels: int = 64_000_000
     pixel_stats: bool = True   # accumulate per-channel sums (training split only)
+    check_jpeg_data: bool = True  # skip JPEGs whose compressed data has errors (jpeg_data_error)
 
 
 @dataclasses.dataclass
@@ -274,7 +275,7 @@ def convert_item(item: Item, options: Options) -> Converted:
                 image.load()
         except Exception as e:  # noqa: BLE001 - truncated, corrupt, unsupported coding
             return skip("corrupt_image", f"{type(e).__name__}: {e}")
-        if (image.format or "").upper() in ("JPEG", "MPO"):
+        if options.check_jpeg_data and (image.format or "").upper() in ("JPEG", "MPO"):
             error = jpeg_data_error(data, cmyk=image.mode == "CMYK")
             if error:
                 return skip("corrupt_jpeg_data", error)
