@@ -195,14 +195,23 @@ def test_odd_files_in_photos_layout(tmp_path):
                                    "no_label": 1, "not_an_image": 1, "too_small": 1}
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_is_skipped(tmp_path):  # pragma: no cover - CI runs as root
+def test_unreadable_file_is_skipped(tmp_path):
+    """A file listed but not readable: a dangling link (a photo moved away, a NAS share gone) and,
+    where the tests do not run as root (root reads whatever the mode), a file of mode 000."""
     d = tmp_path / "p"
     d.mkdir()
-    (d / "a.jpg").write_bytes(_jpeg_bytes(exif=_exif_bytes()))
-    os.chmod(d / "a.jpg", 0)
+    (d / "ok.jpg").write_bytes(_jpeg_bytes(exif=_exif_bytes()))
+    (d / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")
+    expected = {"gone.jpg": "unreadable"}
+    if os.geteuid() != 0:
+        (d / "locked.jpg").write_bytes(_jpeg_bytes(exif=_exif_bytes()))
+        os.chmod(d / "locked.jpg", 0)
+        expected["locked.jpg"] = "unreadable"
     make_records.run(str(d), str(tmp_path / "o"), workers=1, progress=False)
-    assert read_skipped(tmp_path / "o") == {"a.jpg": "unreadable"}
+    assert read_skipped(tmp_path / "o") == expected
+    assert set(read_records(tmp_path / "o")) == {"ok.jpg"}
+    with open(tmp_path / "o" / "skipped.tsv") as f:
+        assert "FileNotFoundError" in f.read()
 
 
 # ------------------------------------------------------------------------- real photos, 3 layouts
