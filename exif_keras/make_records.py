@@ -70,6 +70,7 @@ _TEMP_NAME = re.compile(
     r"^(?:(?:%s)-\d{5}-of-\d{5}\.tfrecord|%s|skipped\.tsv)\.tmp(?:-\d+)?$"
     % ("|".join(features.SPLITS), re.escape(features.MANIFEST)))
 
+
 def _num_shards(candidates: int, shard_size: int) -> int:
     return max(1, math.ceil(candidates / max(1, shard_size)))
 
