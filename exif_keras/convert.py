@@ -7,6 +7,14 @@ workers start fast and stay small.
 
 Every file ends as exactly one `Converted` with ``record`` set, or with ``skip_reason`` set to one
 of `SKIP_REASONS`.
+
+Corrupt JPEG data (:func:`jpeg_data_error`): libjpeg decodes a JPEG whose entropy-coded data is
+damaged (a flipped bit, a cut) with mere *warnings* ("Corrupt JPEG data: bad Huffman code",
+"premature end of data segment", "Premature end of JPEG file") into grey or smeared blocks, and
+Pillow and ``tf.io.decode_jpeg`` both accept the result. Each JPEG is therefore decoded once more
+with simplejpeg's ``strict=True`` (libjpeg-turbo, every warning an error); stray bytes and
+APPn/COM segments of the *header* are left out of that check (they do not touch the pixels, and
+real cameras write some), so only the image data decides. See BUILD.md for the measurement.
 """
 
 from __future__ import annotations
@@ -18,10 +26,12 @@ import warnings
 from typing import Optional
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from exif_keras import exif as exif_lib
 from exif_keras import labels
+from exif_keras import sources
 from exif_keras.sources import Item
 
 SKIP_REASONS = {
@@ -30,6 +40,10 @@ SKIP_REASONS = {
     "not_an_image": "Pillow does not recognise the bytes as an image",
     "decompression_bomb": "width x height exceeds --max_pixels",
     "corrupt_image": "the image is truncated or its data does not decode",
+    "corrupt_jpeg_data": "the JPEG's compressed data has errors (libjpeg: 'Corrupt JPEG data', "
+                         "'Premature end of JPEG file'): it would decode to grey or smeared blocks",
+    sources.HIDDEN: "in a hidden file or folder (name starting with '.') or a NAS index folder "
+                    "(@eaDir): thumbnails and copies; --include_hidden converts them",
     "too_small": "the shorter side is below --min_side",
     "no_label": "no field (shutter, aperture, iso) has a class",
 }
@@ -71,6 +85,7 @@ class Options:
     min_side: int = 128
     max_pixels: int = 64_000_000
     pixel_stats: bool = True   # accumulate per-channel sums (training split only)
+    check_jpeg_data: bool = True  # skip JPEGs whose compressed data has errors (jpeg_data_error)
 
 
 @dataclasses.dataclass
@@ -137,6 +152,52 @@ def _encoded_for_tf(data: bytes, image: Image.Image) -> tuple[bytes, Optional[st
     return out.getvalue(), reason
 
 
+_APP_OR_COM = frozenset(range(0xE0, 0xF0)) | {0xFE}
+_SOS = 0xDA
+_STANDALONE = frozenset(range(0xD0, 0xDA)) | {0x01}   # RSTn, SOI, EOI, TEM: no length field
+
+
+def _image_data_only(data: bytes) -> bytes:
+    """SOI, the header segments decoding needs (DQT, DHT, SOF, DRI...) and everything from the first
+    SOS on: no APPn or COM segment, no stray byte between segments. The original bytes when the
+    header cannot be walked (the strict decode then judges them as they are)."""
+    if not data.startswith(b"\xff\xd8"):
+        return data
+    kept, i, n = [b"\xff\xd8"], 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF or data[i + 1] in (0x00, 0xFF):
+            i += 1                  # a stray byte, or a fill byte before a marker
+            continue
+        marker = data[i + 1]
+        if marker == _SOS:
+            kept.append(data[i:])
+            return b"".join(kept)
+        if marker in _STANDALONE:
+            return data
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if end <= i + 3 or end > n:
+            return data
+        if marker not in _APP_OR_COM:
+            kept.append(data[i:end])
+        i = end
+    return data
+
+
+def jpeg_data_error(data: bytes, cmyk: bool = False) -> Optional[str]:
+    """libjpeg's complaint when the JPEG's image data does not decode cleanly, else None.
+
+    A strict libjpeg-turbo decode (simplejpeg, ``strict=True``: warnings are errors) of the image
+    data alone (:func:`_image_data_only`). Greyscale output (CMYK for a 4-component JPEG, which
+    libjpeg cannot turn into grey): every component is still entropy-decoded, the colour conversion
+    is saved."""
+    try:
+        simplejpeg.decode_jpeg(_image_data_only(data), colorspace="CMYK" if cmyk else "GRAY",
+                               strict=True)
+    except Exception as e:  # noqa: BLE001 - ValueError for libjpeg's messages, others on garbage
+        return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+    return None
+
+
 def _flatten_alpha(image: Image.Image) -> Image.Image:
     rgba = image.convert("RGBA")
     background = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -160,6 +221,9 @@ def convert_item(item: Item, options: Options) -> Converted:
         result.skip_reason = reason
         result.detail = detail[:200]
         return result
+
+    if item.skip_reason:  # decided when listing (a file in a hidden folder)
+        return skip(item.skip_reason)
 
     # Text EXIF is cheap: bin it first and don't decode images nobody can learn from.
     settings = None
@@ -211,6 +275,10 @@ def convert_item(item: Item, options: Options) -> Converted:
                 image.load()
         except Exception as e:  # noqa: BLE001 - truncated, corrupt, unsupported coding
             return skip("corrupt_image", f"{type(e).__name__}: {e}")
+        if options.check_jpeg_data and (image.format or "").upper() in ("JPEG", "MPO"):
+            error = jpeg_data_error(data, cmyk=image.mode == "CMYK")
+            if error:
+                return skip("corrupt_jpeg_data", error)
         try:
             encoded, converted = _encoded_for_tf(data, image)
             record = Record(encoded=encoded, height=height, width=width,

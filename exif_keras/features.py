@@ -1,12 +1,17 @@
 """The record contract: feature keys and how each is stored, defined once.
 
 Every `tf.train.Example` written by `make_records` holds exactly these features. Readers (the
-input pipeline, the tests) parse with `FEATURE_SPEC`; the writer builds with `make_example`.
-TensorFlow is imported lazily so that worker processes of the converter stay light.
+input pipeline, the tests) parse with `FEATURE_SPEC`; the writer builds with `make_example` and
+turns it into bytes with `serialize_example` only: ``Features`` is a protobuf map whose plain
+serialisation order changes from process to process, so the same photos would give other bytes
+each run; ``deterministic=True`` sorts the map by key and makes shards byte-identical whatever
+the process or the number of workers. `file_sha256` is the checksum recorded per shard in the
+manifest. TensorFlow is imported lazily so that worker processes of the converter stay light.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Mapping
 
 IMAGE_ENCODED = "image/encoded"      # bytes: the JPEG, the original bytes whenever possible
@@ -85,3 +90,21 @@ def make_example(*, encoded: bytes, height: int, width: int, source_id: str,
     for field, key in LABEL_KEYS.items():
         feature[key] = _int(labels.get(field, -1))
     return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def serialize_example(example) -> bytes:
+    """The bytes of a record: the one place Examples are serialised (deterministically)."""
+    return example.SerializeToString(deterministic=True)
+
+
+def file_sha256(path: str, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file (a shard), read in chunks; any filesystem tf.io.gfile knows."""
+    import tensorflow as tf
+
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_size)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)

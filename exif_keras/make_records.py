@@ -8,8 +8,17 @@ converted through the very same reader. Writes ``<output_dir>/{train,validation,
 .tfrecord``, ``manifest.json`` (counts, skips, binning, pixel statistics, versions) and
 ``skipped.tsv`` (every skipped file with its reason).
 
-Shards are written under temporary names and renamed when complete, so a killed run never leaves a
-file a reader would take for whole; the same command run again writes the same records.
+Shards are written under temporary names (``<shard>.tmp-<pid>``) and renamed when complete, so a
+killed run never leaves a file a reader would take for whole; the next run deletes a killed run's
+temporary files (its own names only: nothing else in ``output_dir`` is touched). The same input
+and flags give byte-identical shards, whatever the process or ``--workers``: records are
+serialised deterministically (`features.serialize_example`) and written in item order. The
+manifest lists every shard with its record count and sha256 (``shards[split][name]``), which
+`dataset.verify_records` checks before training.
+
+Hidden files and folders and NAS index folders (``@eaDir``) are skipped (reason ``hidden``) unless
+``--include_hidden``; JPEGs whose compressed data does not decode cleanly are skipped as
+``corrupt_jpeg_data`` (see `convert`).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import sys
 import time
 from typing import Optional, Sequence
@@ -50,6 +60,16 @@ _SAMPLE_DIR = flags.DEFINE_string("sample_dir", "data/sample",
 _SAMPLE_COUNT = flags.DEFINE_integer("sample_count", 1500, "Images in the built-in sample.")
 _SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "Seed of the built-in sample.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress on stderr.")
+_INCLUDE_HIDDEN = flags.DEFINE_boolean(
+    "include_hidden", False,
+    "Also convert JPEGs in hidden files and folders (name starting with '.', e.g. .thumbnails) "
+    "and NAS index folders (@eaDir); by default they are skipped as thumbnails and copies.")
+
+# Temporary files this converter writes (a shard, the manifest, skipped.tsv), and only those.
+_TEMP_NAME = re.compile(
+    r"^(?:(?:%s)-\d{5}-of-\d{5}\.tfrecord|%s|skipped\.tsv)\.tmp(?:-\d+)?$"
+    % ("|".join(features.SPLITS), re.escape(features.MANIFEST)))
+
 
 def _num_shards(candidates: int, shard_size: int) -> int:
     return max(1, math.ceil(candidates / max(1, shard_size)))
@@ -61,13 +81,22 @@ def _shard_paths(output_dir: str, split: str, count: int) -> list[str]:
 
 
 def _remove_stale(output_dir: str, keep: Optional[set[str]] = None) -> None:
-    """Drops temp files of a killed run and, given the shards to keep, shards of an earlier run."""
+    """Drops temp files of a killed run and, given the shards to keep, shards of an earlier run.
+    Only names this converter writes are touched (`_TEMP_NAME`, `features.SHARD_PATTERN`)."""
     for name in os.listdir(output_dir):
         path = os.path.join(output_dir, name)
-        is_temp = ".tfrecord.tmp-" in name
+        is_temp = bool(_TEMP_NAME.match(name))
         is_shard = name.endswith(".tfrecord") and name.split("-")[0] in features.SPLITS
         if is_temp or (keep is not None and is_shard and path not in keep):
             os.remove(path)
+
+
+def _shard_entries(final_paths: dict[str, list[str]], records: collections.Counter) -> dict:
+    """manifest["shards"]: split -> shard file name -> {"records": count, "sha256": hex}."""
+    return {split: {os.path.basename(path): {"records": records[path],
+                                             "sha256": features.file_sha256(path)}
+                    for path in paths}
+            for split, paths in final_paths.items()}
 
 
 def _write_json_atomic(path: str, obj) -> None:
@@ -116,16 +145,18 @@ def ensure_sample(sample_dir: str, count: int, seed: int, progress: bool = True)
 
 def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str = "auto",
         min_side: int = 128, max_pixels: int = 64_000_000, shard_size: int = 1024,
-        workers: int = 0, progress: bool = True, source_description: Optional[str] = None) -> dict:
+        workers: int = 0, progress: bool = True, source_description: Optional[str] = None,
+        include_hidden: bool = False) -> dict:
     """Converts ``input_dir`` into ``output_dir``; returns the manifest."""
     import tensorflow as tf
 
-    layout, items = sources.list_items(input_dir, layout, exif_variant)
+    layout, items = sources.list_items(input_dir, layout, exif_variant, include_hidden)
     workers = workers or os.cpu_count() or 1
     options = convert.Options(min_side=min_side, max_pixels=max_pixels)
     os.makedirs(output_dir, exist_ok=True)
 
-    candidates = collections.Counter(convert.split_of(item.source_id) for item in items)
+    candidates = collections.Counter(convert.split_of(item.source_id) for item in items
+                                     if not item.skip_reason)
     shard_counts = {s: _num_shards(candidates[s], shard_size) for s in features.SPLITS}
     final_paths = {s: _shard_paths(output_dir, s, shard_counts[s]) for s in features.SPLITS}
     tmp_suffix = f".tmp-{os.getpid()}"
@@ -134,6 +165,7 @@ def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str
                for s in features.SPLITS}
 
     written = collections.Counter()
+    shard_records = collections.Counter()   # final shard path -> records written
     class_counts = {s: {f: collections.Counter() for f in labels.FIELDS} for s in features.SPLITS}
     skipped = collections.Counter()
     problems = collections.Counter()
@@ -160,7 +192,8 @@ def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str
                     source_id=result.source_id, exposure_time=rec.exposure_time,
                     f_number=rec.f_number, iso=rec.iso, labels=rec.labels)
                 shard = convert.shard_of(result.source_id, shard_counts[result.split])
-                writers[result.split][shard].write(example.SerializeToString())
+                writers[result.split][shard].write(features.serialize_example(example))
+                shard_records[final_paths[result.split][shard]] += 1
                 written[result.split] += 1
                 for field, index in rec.labels.items():
                     if index >= 0:
@@ -214,9 +247,10 @@ def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str
         "exif_sources": dict(sorted(exif_sources.items())),
         "binning": labels.binning_spec(),
         "pixel_stats": {"train": {"mean": mean, "std": std, "pixels": pixel_count}},
-        "shards": {s: [os.path.basename(p) for p in final_paths[s]] for s in features.SPLITS},
+        "shards": _shard_entries(final_paths, shard_records),
         "split": {"method": "sha256(source_id) -> [0,1): <0.8 train, <0.9 validation, else test"},
-        "options": {"min_side": min_side, "max_pixels": max_pixels, "shard_size": shard_size},
+        "options": {"min_side": min_side, "max_pixels": max_pixels, "shard_size": shard_size,
+                    "include_hidden": include_hidden},
         "versions": _versions(),
         "seconds": round(elapsed, 3),
         "images_per_second": round(len(items) / elapsed, 2) if elapsed > 0 else None,
@@ -272,7 +306,7 @@ def main(argv: Sequence[str]) -> None:
                        exif_variant=_EXIF_VARIANT.value, min_side=_MIN_SIDE.value,
                        max_pixels=_MAX_PIXELS.value, shard_size=_SHARD_SIZE.value,
                        workers=_WORKERS.value, progress=_PROGRESS.value,
-                       source_description=description)
+                       source_description=description, include_hidden=_INCLUDE_HIDDEN.value)
     except sources.SourceError as e:
         print(f"make_records: error: {e}", file=sys.stderr)
         sys.exit(2)

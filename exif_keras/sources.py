@@ -7,6 +7,12 @@ never needs to know about folder structures:
   ``meta/exif/exif<N>.txt`` and the "raw" EXIF text in ``meta/exif_raw/exif<N>.txt``.
 * ``mirflickr1m``: ``images/<N // 10000>/<N>.jpg`` and ``exif/<N // 10000>/<N>.txt``.
 * ``photos``: any folder tree of JPEGs; the EXIF embedded in each file is read.
+
+Hidden files and folders (a name starting with ``.``: ``.thumbnails``, ``.photoprism``, ``.git``)
+and NAS index folders (``@eaDir``) hold thumbnails and copies of the archive's photos: converted,
+they would put near-duplicates of one photo into different splits. Their JPEGs become items whose
+``skip_reason`` is ``"hidden"`` (counted and listed like every other skip) unless
+``include_hidden=True`` (``--include_hidden``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 
 _IM25K = re.compile(r"^im(\d+)\.jpe?g$", re.IGNORECASE)
 _IM1M = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
+NAS_INDEX_FOLDERS = ("@eaDir",)   # Synology's thumbnail/index folders, one per photo folder
+HIDDEN = "hidden"                  # the skip reason of items in hidden files or folders
 
 
 class SourceError(ValueError):
@@ -36,6 +44,28 @@ class Item:
     image_path: str
     exif_paths: tuple[tuple[str, str], ...] = ()  # (variant, path) in order of preference
     embedded_exif: bool = False     # read the EXIF embedded in the JPEG (photos layout)
+    skip_reason: str = ""           # set when listing already decides the skip (HIDDEN)
+
+
+def is_hidden(name: str) -> bool:
+    """A hidden file or folder (name starting with '.') or a NAS index folder (@eaDir)."""
+    return name.startswith(".") or name in NAS_INDEX_FOLDERS
+
+
+def _hidden_items(folder: str, input_dir: str) -> list[Item]:
+    """Every JPEG-named file under a hidden ``folder``, as items skipped as HIDDEN."""
+    items = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(JPEG_SUFFIXES):
+                items.append(_hidden_item(os.path.join(root, name), input_dir))
+    return items
+
+
+def _hidden_item(path: str, input_dir: str) -> Item:
+    rel = os.path.relpath(path, input_dir).replace(os.sep, "/")
+    return Item(rel, path, (), skip_reason=HIDDEN)
 
 
 def _has_im25k(input_dir: str) -> bool:
@@ -85,17 +115,24 @@ def _mirflickr25k_items(input_dir: str, exif_variant: str) -> list[Item]:
     return items
 
 
-def _mirflickr1m_items(input_dir: str, exif_variant: str) -> list[Item]:
+def _mirflickr1m_items(input_dir: str, exif_variant: str,
+                       include_hidden: bool = False) -> list[Item]:
     images_dir = os.path.join(input_dir, "images")
     exif_dir = os.path.join(input_dir, "exif")
     variant = "auto" if exif_variant == "auto" else exif_variant
-    items = []
+    items, hidden = [], []
     for bucket in sorted(os.listdir(images_dir)):
         bucket_dir = os.path.join(images_dir, bucket)
         if not os.path.isdir(bucket_dir):
             continue
+        if not include_hidden and is_hidden(bucket):
+            hidden.extend(_hidden_items(bucket_dir, input_dir))
+            continue
         with os.scandir(bucket_dir) as entries:
             for entry in entries:
+                if not include_hidden and entry.is_dir() and is_hidden(entry.name):
+                    hidden.extend(_hidden_items(entry.path, input_dir))
+                    continue
                 match = _IM1M.match(entry.name)
                 if not match or not entry.is_file():
                     continue
@@ -103,24 +140,33 @@ def _mirflickr1m_items(input_dir: str, exif_variant: str) -> list[Item]:
                 exif_path = os.path.join(exif_dir, str(number // 10000), f"{number}.txt")
                 items.append(Item(str(number), entry.path, ((variant, exif_path),)))
     items.sort(key=lambda item: int(item.source_id))
-    return items
+    return items + sorted(hidden, key=lambda item: item.source_id)
 
 
-def _photo_items(input_dir: str) -> list[Item]:
+def _photo_items(input_dir: str, include_hidden: bool = False) -> list[Item]:
     items = []
     for root, dirs, files in os.walk(input_dir):
         dirs.sort()
+        if not include_hidden:
+            for name in [d for d in dirs if is_hidden(d)]:
+                dirs.remove(name)
+                items.extend(_hidden_items(os.path.join(root, name), input_dir))
         for name in sorted(files):
             if name.lower().endswith(JPEG_SUFFIXES):
                 path = os.path.join(root, name)
+                if not include_hidden and is_hidden(name):
+                    items.append(_hidden_item(path, input_dir))
+                    continue
                 rel = os.path.relpath(path, input_dir).replace(os.sep, "/")
                 items.append(Item(rel, path, (), embedded_exif=True))
     items.sort(key=lambda item: item.source_id)
     return items
 
 
-def list_items(input_dir: str, layout: str = "auto", exif_variant: str = "auto") -> tuple[str, list[Item]]:
-    """Returns (resolved layout, items sorted by source id)."""
+def list_items(input_dir: str, layout: str = "auto", exif_variant: str = "auto",
+               include_hidden: bool = False) -> tuple[str, list[Item]]:
+    """Returns (resolved layout, items sorted by source id). Items in hidden files or folders
+    come with ``skip_reason=HIDDEN`` unless ``include_hidden``."""
     if layout not in LAYOUTS:
         raise SourceError(f"unknown --layout={layout!r}; expected one of {', '.join(LAYOUTS)}")
     if exif_variant not in EXIF_VARIANTS:
@@ -137,9 +183,12 @@ def list_items(input_dir: str, layout: str = "auto", exif_variant: str = "auto")
             if not os.path.isdir(os.path.join(input_dir, sub)):
                 raise SourceError(
                     f"--layout=mirflickr1m expects {os.path.join(input_dir, sub)} to exist")
-        items = _mirflickr1m_items(input_dir, exif_variant)
+        items = _mirflickr1m_items(input_dir, exif_variant, include_hidden)
     else:
-        items = _photo_items(input_dir)
-    if not items:
-        raise SourceError(f"no images found in {input_dir!r} for layout {layout}")
+        items = _photo_items(input_dir, include_hidden)
+    if not any(not item.skip_reason for item in items):
+        hidden = sum(item.skip_reason == HIDDEN for item in items)
+        raise SourceError(f"no images found in {input_dir!r} for layout {layout}" + (
+            f" ({hidden} in hidden or @eaDir folders, skipped; --include_hidden converts them)"
+            if hidden else ""))
     return layout, items

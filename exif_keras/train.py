@@ -95,6 +95,9 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 0,
                                         "0: one pass over the training split per epoch.")
 _EVAL_TRAIN = flags.DEFINE_boolean("eval_train", True,
                                    "Evaluate the training split too for the final table.")
+_VERIFY_RECORDS = flags.DEFINE_boolean(
+    "verify_records", False, "Also check every shard's sha256 against manifest.json before "
+    "training (a full read); the record counts are always checked.")
 _RETRAIN = flags.DEFINE_boolean(
     "retrain", False, "Start over even if model_dir holds a finished or interrupted run.")
 _EXPORT = flags.DEFINE_boolean("export", True, "Export the SavedModel at the end.")
@@ -144,6 +147,7 @@ class TrainConfig:
     shuffle_buffer: int = 1024
     steps_per_epoch: int = 0
     eval_train: bool = True
+    verify_records: bool = False
     retrain: bool = False
     export: bool = True
     export_dir: Optional[str] = None
@@ -174,7 +178,8 @@ class TrainConfig:
                    patch_mode=_PATCH_MODE.value, mixed_precision=_MIXED_PRECISION.value,
                    strategy=_STRATEGY.value, logical_cpus=_LOGICAL_CPUS.value, seed=_SEED.value,
                    shuffle_buffer=_SHUFFLE_BUFFER.value, steps_per_epoch=_STEPS_PER_EPOCH.value,
-                   eval_train=_EVAL_TRAIN.value, retrain=_RETRAIN.value, export=_EXPORT.value,
+                   eval_train=_EVAL_TRAIN.value, retrain=_RETRAIN.value,
+                   verify_records=_VERIFY_RECORDS.value, export=_EXPORT.value,
                    export_dir=_EXPORT_DIR.value, verbose=_VERBOSE.value)
 
 
@@ -344,8 +349,11 @@ def _check_data(config: TrainConfig, heads) -> tuple[dict, dict]:
     """(manifest, examples per split) of the records, or a TrainError saying what to do."""
     try:
         manifest = data.read_manifest(config.data_dir)
+        data.verify_records(config.data_dir, checksums=config.verify_records, manifest=manifest)
         counts = {split: data.count_examples(config.data_dir, split, config.field, config.task)
                   for split in ("train", "validation", "test")}
+    except data.DamagedRecordsError as e:
+        raise TrainError(str(e)) from e
     except (FileNotFoundError, ValueError) as e:
         raise TrainError(f"{e}\nBuild the records first: python -m exif_keras.make_records "
                          f"--output_dir={config.data_dir}") from e

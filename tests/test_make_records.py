@@ -7,6 +7,7 @@ the oracle: the labels in the records must be what exiftool's values imply.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -15,6 +16,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -106,10 +108,17 @@ def test_split_is_stable_and_80_10_10():
     assert abs(fractions["train"] - 0.8) < 0.015
     assert abs(fractions["validation"] - 0.1) < 0.01
     assert abs(fractions["test"] - 0.1) < 0.01
-    # The split depends on the id alone: fixed values guard against an accidental change of hash.
-    assert [convert.split_of(i) for i in ids[:5]] == splits[:5]
-    assert convert.stable_hash("123") == convert.stable_hash("123")
-    assert 0 <= convert.shard_of("123", 7) < 7
+    # The split depends on the id alone: literal values guard against any change of hash (md5
+    # for sha256 moves a third of these), of its bits or of the split bounds.
+    assert splits[:20] == [
+        "train", "validation", "train", "train", "test", "test", "train", "train", "train",
+        "train", "train", "train", "train", "train", "validation", "train", "train", "train",
+        "train", "test"]
+    assert convert.stable_hash("123") == 11990170285644066717
+    assert [convert.shard_of(str(i), 7) for i in range(1, 13)] == [1, 0, 1, 4, 0, 1, 6, 4, 1, 3,
+                                                                   3, 2]
+    assert convert.split_of("holiday/IMG_0001.jpg") == "train"
+    assert convert.shard_of("holiday/IMG_0001.jpg", 5) == 3
 
 
 def test_layout_detection(tmp_path):
@@ -186,14 +195,23 @@ def test_odd_files_in_photos_layout(tmp_path):
                                    "no_label": 1, "not_an_image": 1, "too_small": 1}
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_is_skipped(tmp_path):  # pragma: no cover - CI runs as root
+def test_unreadable_file_is_skipped(tmp_path):
+    """A file listed but not readable: a dangling link (a photo moved away, a NAS share gone) and,
+    where the tests do not run as root (root reads whatever the mode), a file of mode 000."""
     d = tmp_path / "p"
     d.mkdir()
-    (d / "a.jpg").write_bytes(_jpeg_bytes(exif=_exif_bytes()))
-    os.chmod(d / "a.jpg", 0)
+    (d / "ok.jpg").write_bytes(_jpeg_bytes(exif=_exif_bytes()))
+    (d / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")
+    expected = {"gone.jpg": "unreadable"}
+    if os.geteuid() != 0:
+        (d / "locked.jpg").write_bytes(_jpeg_bytes(exif=_exif_bytes()))
+        os.chmod(d / "locked.jpg", 0)
+        expected["locked.jpg"] = "unreadable"
     make_records.run(str(d), str(tmp_path / "o"), workers=1, progress=False)
-    assert read_skipped(tmp_path / "o") == {"a.jpg": "unreadable"}
+    assert read_skipped(tmp_path / "o") == expected
+    assert set(read_records(tmp_path / "o")) == {"ok.jpg"}
+    with open(tmp_path / "o" / "skipped.tsv") as f:
+        assert "FileNotFoundError" in f.read()
 
 
 # ------------------------------------------------------------------------- real photos, 3 layouts
@@ -450,3 +468,245 @@ def test_cli_builds_the_sample_and_reports_errors(tmp_path):
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert bad.returncode == 2
     assert "not a directory" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _child_env() -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+    env.pop("PYTHONHASHSEED", None)  # each child gets its own hash seed, as two commands do
+    return env
+
+
+def test_two_commands_give_byte_identical_shards_and_their_checksums(tmp_path):
+    """Two separate processes (1 and 2 workers): the same bytes. A protobuf map's plain
+    serialisation order differs from process to process; only deterministic serialisation and
+    item order make this pass."""
+    root = tmp_path / "m"
+    _tiny_25k(root, 24)
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        done = subprocess.run(
+            [sys.executable, "-m", "exif_keras.make_records", f"--input_dir={root}",
+             f"--output_dir={out}", f"--workers={workers}", "--shard_size=6", "--progress=false"],
+            capture_output=True, text=True, env=_child_env(), cwd=REPO, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs[workers] = out
+    one, two = _shard_bytes(outs[1]), _shard_bytes(outs[2])
+    assert len(one) >= 4 and one == two
+    manifest = json.loads((outs[1] / features.MANIFEST).read_text())
+    listed = {name: entry for split in features.SPLITS
+              for name, entry in manifest["shards"][split].items()}
+    assert set(listed) == set(one)
+    for name, entry in listed.items():
+        assert entry["sha256"] == hashlib.sha256(one[name]).hexdigest()
+        assert entry["records"] == sum(1 for _ in tf.data.TFRecordDataset(str(outs[1] / name)))
+    assert sum(e["records"] for e in listed.values()) == manifest["written"] == 24
+    assert json.loads((outs[2] / features.MANIFEST).read_text())["shards"] == manifest["shards"]
+
+
+_KILLABLE = """
+import pathlib, sys, time
+from exif_keras import convert, make_records
+real, seen = convert.convert_path, []
+def stalling(args):
+    seen.append(1)
+    if len(seen) == 5:  # shards are open, some records written: now wait to be killed
+        pathlib.Path(sys.argv[3]).write_text("stalled")
+        time.sleep(600)
+    return real(args)
+convert.convert_path = stalling
+make_records.run(sys.argv[1], sys.argv[2], workers=1, progress=False, shard_size=4)
+"""
+
+
+def test_next_run_removes_a_killed_runs_temp_files_and_only_those(tmp_path):
+    root = tmp_path / "m"
+    _tiny_25k(root, 12)
+    out, marker = tmp_path / "out", tmp_path / "stalled"
+    out.mkdir()
+    foreign = {"notes.txt": b"mine", "backup.tfrecord.tmp-12": b"mine too",
+               "train-00000-of-00003.tfrecord.tmp-old": b"not a pid: not ours"}
+    for name, data in foreign.items():
+        (out / name).write_bytes(data)
+    child = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(root), str(out), str(marker)],
+                             env=_child_env(), cwd=REPO, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(1200):
+            if marker.exists() or child.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert marker.exists(), "the child conversion never reached its stalling point"
+        child.kill()  # SIGKILL: no cleanup runs in the child
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    leftovers = sorted(p.name for p in out.iterdir() if p.name.endswith(f".tmp-{child.pid}"))
+    assert leftovers and all(".tfrecord.tmp-" in name for name in leftovers), leftovers
+    assert not (out / features.MANIFEST).exists()
+
+    make_records.run(str(root), str(out), workers=1, progress=False, shard_size=4)
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name and p.name not in foreign]
+    for name, data in foreign.items():
+        assert (out / name).read_bytes() == data, f"{name} is not the converter's to delete"
+    assert len(read_records(out)) == 12
+
+
+def test_hidden_and_nas_folders_are_skipped_and_counted(tmp_path):
+    d = tmp_path / "photos"
+    exif = _exif_bytes()
+    photos = {"a.jpg": 1, "b.jpg": 2, "trip/c.jpg": 3}
+    for rel, seed in photos.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(_jpeg_bytes(exif=exif, seed=seed))
+    hidden = [".thumbnails/a.jpg", ".thumbnails/normal/b.jpg", "trip/.photoprism/c.jpg",
+              "@eaDir/a.jpg/SYNOPHOTO_THUMB_XL.jpg", "trip/.c-copy.jpg"]
+    for rel in hidden:  # copies of the archive's photos, as thumbnailers and NAS boxes leave them
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(d / ("trip/c.jpg" if rel.startswith("trip") else "a.jpg"), d / rel)
+    (d / ".git").mkdir()
+    (d / ".git" / "config").write_text("[core]\n")  # not a JPEG name: not even counted
+
+    out = tmp_path / "out"
+    manifest = make_records.run(str(d), str(out), workers=1, progress=False)
+    assert set(read_records(out)) == set(photos)
+    assert read_skipped(out) == {rel: "hidden" for rel in hidden}
+    assert manifest["skipped"] == {"hidden": len(hidden)}
+    assert "--include_hidden" in manifest["skip_reasons"]["hidden"]
+    assert manifest["candidates"] == len(photos) + len(hidden)
+
+    everything = tmp_path / "all"
+    manifest = make_records.run(str(d), str(everything), workers=1, progress=False,
+                                include_hidden=True)
+    assert set(read_records(everything)) == set(photos) | set(hidden)
+    assert manifest["skipped"] == {} and manifest["options"]["include_hidden"]
+
+    # Only hidden photos: the error says why nothing was found and what to do.
+    only_hidden = tmp_path / "only"
+    (only_hidden / ".thumbnails").mkdir(parents=True)
+    shutil.copyfile(d / "a.jpg", only_hidden / ".thumbnails" / "a.jpg")
+    with pytest.raises(sources.SourceError, match="1 in hidden.*--include_hidden"):
+        sources.list_items(str(only_hidden))
+
+
+def test_hidden_folders_in_the_mirflickr1m_layout(tmp_path):
+    root = tmp_path / "m1m"
+    for rel in ("images/0/5.jpg", "images/0/.thumbs/5.jpg", "images/@eaDir/7.jpg",
+                "exif/0/5.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    layout, items = sources.list_items(str(root))
+    assert layout == "mirflickr1m"
+    assert [(i.source_id, i.skip_reason) for i in items] == [
+        ("5", ""), ("images/0/.thumbs/5.jpg", "hidden"), ("images/@eaDir/7.jpg", "hidden")]
+    _, items = sources.list_items(str(root), include_hidden=True)
+    assert [(i.source_id, i.skip_reason) for i in items] == [("5", ""), ("7", "")]
+
+
+# ------------------------------------------------------------------------------ corrupt JPEG data
+
+def _photo_like_jpeg(seed=0) -> bytes:
+    """A 400x300 JPEG with gradients and noise (Pillow's standard Huffman tables), with EXIF."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:300, 0:400]
+    array = np.stack([x * 255 // 400, y * 255 // 300, (x + y) % 256], -1)
+    array = np.clip(array + rng.integers(-20, 21, array.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="JPEG", quality=90, exif=_exif_bytes())
+    return out.getvalue()
+
+
+def _scan_start(data: bytes) -> int:
+    sos = data.find(b"\xff\xda")
+    return sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+
+
+def _pillow_loads(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _libjpeg_warns(data: bytes, capfd) -> bool:
+    """The oracle: libjpeg (TensorFlow's build) prints its warnings on stderr while decoding."""
+    capfd.readouterr()
+    try:
+        tf.io.decode_jpeg(data, channels=3)
+    except tf.errors.InvalidArgumentError:
+        return True
+    err = capfd.readouterr().err
+    return "Corrupt JPEG data" in err or "Premature end of JPEG file" in err
+
+
+def test_corrupt_jpeg_data_is_skipped(tmp_path, capfd):
+    good = _photo_like_jpeg()
+    start, end = _scan_start(good), len(good) - 2
+    mid = (start + end) // 2
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "good.jpg").write_bytes(good)
+    # Header junk and odd APPn segments leave the pixels alone: still a photo.
+    app15 = b"\xff\xef\x00\x06junk"
+    (d / "header_junk.jpg").write_bytes(good[:2] + app15 + b"\x00\x11\x22" + good[2:])
+    # Both decode "fine" in Pillow and TensorFlow, with libjpeg warnings.
+    corrupt = {
+        "cut_scan.jpg": good[:mid] + b"\xff\xd9",                    # premature end of segment
+        "ff_run.jpg": good[:mid] + b"\xff\x00" * 32 + good[mid + 64:],  # garbage codes
+    }
+    # Bytes flipped in the entropy-coded data: whatever libjpeg warns about must be skipped.
+    rng = np.random.default_rng(7)
+    for k in range(24):
+        mutant = bytearray(good)
+        for _ in range(1 + k % 4):
+            pos = int(rng.integers(start, end))
+            mutant[pos] ^= 1 << int(rng.integers(8))
+        corrupt[f"flip{k:02d}.jpg"] = bytes(mutant)
+    truncated = {"cut_90.jpg": good[:int(len(good) * 0.9)], "no_eoi.jpg": good[:-2]}
+    for name, data in {**corrupt, **truncated}.items():
+        (d / name).write_bytes(data)
+
+    out = tmp_path / "out"
+    manifest = make_records.run(str(d), str(out), workers=1, progress=False)
+    records, skipped = read_records(out), read_skipped(out)
+    assert {"good.jpg", "header_junk.jpg"} <= set(records)
+    assert skipped["cut_scan.jpg"] == skipped["ff_run.jpg"] == "corrupt_jpeg_data"
+    assert skipped["cut_90.jpg"] == skipped["no_eoi.jpg"] == "corrupt_image"  # Pillow: truncated
+    warned = 0
+    for name, data in corrupt.items():
+        if not _pillow_loads(data):
+            assert skipped.get(name) in ("corrupt_image", "not_an_image"), name
+        elif _libjpeg_warns(data, capfd):
+            warned += 1
+            assert skipped.get(name) == "corrupt_jpeg_data", name
+        else:  # a flip that keeps a valid code stream: no decoder can tell
+            assert name in records, (name, skipped.get(name))
+    assert warned >= 6, "too few mutants decode with libjpeg warnings for this test to mean much"
+    assert manifest["skipped"]["corrupt_jpeg_data"] == sum(
+        r == "corrupt_jpeg_data" for r in skipped.values())
+    with open(out / "skipped.tsv") as f:
+        assert "premature end of data segment" in f.read()
+    assert "corrupt_jpeg_data" in manifest["skip_reasons"]
+
+
+def test_pixel_statistics_are_numpys_per_channel(tmp_path):
+    """Mean and std of R, G, B in that order, exactly as numpy computes them on the pixels."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    name = next(f"p{i}.jpg" for i in range(100) if convert.split_of(f"p{i}.jpg") == "train")
+    rng = np.random.default_rng(3)
+    array = np.stack([rng.normal(mean, std, (150, 200)) for mean, std in
+                      ((200, 10), (110, 30), (40, 5))], -1)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(
+        out, format="JPEG", quality=95, exif=_exif_bytes())
+    (d / name).write_bytes(out.getvalue())
+    manifest = make_records.run(str(d), str(tmp_path / "out"), workers=1, progress=False)
+    pixels = np.asarray(Image.open(d / name).convert("RGB"), dtype=np.float64).reshape(-1, 3)
+    stats = manifest["pixel_stats"]["train"]
+    assert stats["pixels"] == 150 * 200
+    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(stats["std"], pixels.std(axis=0), rtol=0, atol=1e-6)
+    assert stats["mean"][0] > stats["mean"][1] > stats["mean"][2]
