@@ -149,12 +149,15 @@ def write_shard(element, plan: make_records.Plan, token: str) -> tuple[str, int,
 class TallyFn(beam.CombineFn):
     """Combines per-image outcomes into one `make_records.Tally`."""
 
+    def __init__(self, plan: make_records.Plan):
+        self._plan = plan
+
     def create_accumulator(self):
         return make_records.Tally()
 
     def add_input(self, tally, element):
         index, result = element
-        return tally.add(index, result)
+        return tally.add(index, result, self._plan)
 
     def merge_accumulators(self, tallies):
         merged = make_records.Tally()
@@ -166,14 +169,17 @@ class TallyFn(beam.CombineFn):
         return tally
 
 
-def finish(_, plan: make_records.Plan, token: str, started: float, tally: make_records.Tally,
-           shards: Sequence[tuple[str, int, int]]) -> dict:
+def finish(_, plan: make_records.Plan, token: str, listing: str, started: float,
+           tally: make_records.Tally, shards: Sequence[tuple[str, int, int]]) -> dict:
     """Runs once, after every shard is written: shards into place, skipped.tsv, manifest."""
-    written = sum(n for _, _, n in shards)
-    expected = sum(tally.written.values())
-    if len(shards) != len(plan.all_shards()) or written != expected:
-        raise RuntimeError(f"make_records (beam): {len(shards)} shards with {written} records "
-                           f"written, expected {len(plan.all_shards())} with {expected}")
+    import tensorflow as tf
+
+    written = {plan.final_paths[split][shard]: n for split, shard, n in shards}
+    expected = {path: tally.shard_records[path] for path in plan.all_shards()}
+    if written != expected:
+        raise RuntimeError(f"make_records (beam): shards written with {written} records, "
+                           f"expected {expected}")
+    tf.io.gfile.remove(listing)
     return make_records.finish_output(plan, tally, token, time.time() - started)
 
 
@@ -195,29 +201,28 @@ def build_pipeline(root: beam.Pipeline, plan: make_records.Plan, listing: str,
         | "Flatten" >> beam.Flatten()
         | "GroupByShard" >> beam.GroupByKey()
         | "WriteShard" >> beam.Map(write_shard, plan=plan, token=token))
-    tally = converted | "Tally" >> beam.CombineGlobally(TallyFn())
+    tally = converted | "Tally" >> beam.CombineGlobally(TallyFn(plan))
     (root
      | "Once" >> beam.Create([None])
-     | "Finish" >> beam.Map(finish, plan=plan, token=token, started=started,
+     | "Finish" >> beam.Map(finish, plan=plan, token=token, listing=listing, started=started,
                             tally=beam.pvalue.AsSingleton(tally),
                             shards=beam.pvalue.AsList(shards)))
 
 
-def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str = "auto",
-        min_side: int = 128, max_pixels: int = 64_000_000, shard_size: int = 1024,
-        pipeline_options: Optional[Sequence[str]] = None,
-        source_description: Optional[str] = None) -> dict:
+def run(input_dir: str, output_dir: str, pipeline_options: Optional[Sequence[str]] = None,
+        **plan_options) -> dict:
     """Converts ``input_dir`` into ``output_dir`` with a Beam pipeline; returns the manifest.
 
     ``pipeline_options``: Beam's arguments (``["--runner=DirectRunner", ...]``); default the
-    DirectRunner. Same outputs as `make_records.run` for the same arguments."""
+    DirectRunner. ``plan_options``: those of `make_records.plan_conversion` (layout, exif_variant,
+    min_side, max_pixels, shard_size, ...). Same outputs as `make_records.run` for the same
+    options."""
     import tensorflow as tf
 
     started = time.time()
-    plan = make_records.plan_conversion(input_dir, output_dir, layout, exif_variant, min_side,
-                                        max_pixels, shard_size, source_description)
+    plan = make_records.plan_conversion(input_dir, output_dir, **plan_options)
     make_records.prepare_output(output_dir)
-    token = f"beam{uuid.uuid4().hex[:12]}"
+    token = str(uuid.uuid4().int % 10**12)  # digits, like the local runner's process id
     listing = os.path.join(output_dir, f"items.jsonl.tmp-{token}")
     write_listing(listing, plan.items)
     args = list(pipeline_options) if pipeline_options else list(DEFAULT_PIPELINE_OPTIONS)
@@ -229,6 +234,8 @@ def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str
             build_pipeline(root, worker_plan, listing, token, started)
     except BaseException:
         make_records.discard_temporaries(output_dir)
+        if tf.io.gfile.exists(listing):
+            tf.io.gfile.remove(listing)
         raise
     with tf.io.gfile.GFile(os.path.join(output_dir, features.MANIFEST)) as f:
         return json.load(f)

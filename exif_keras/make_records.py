@@ -224,8 +224,9 @@ class Tally:
         self.channel_sumsq = [0, 0, 0]
         self.pixel_count = 0
         self.skipped_rows = []   # (item index, source_id, reason, detail)
+        self.shard_records = collections.Counter()   # final shard path -> records
 
-    def add(self, index: int, result: convert.Converted) -> "Tally":
+    def add(self, index: int, result: convert.Converted, plan: "Plan") -> "Tally":
         self.problems.update(result.problems)
         if result.record is None:
             self.skipped[result.skip_reason] += 1
@@ -233,6 +234,8 @@ class Tally:
             return self
         rec = result.record
         self.written[result.split] += 1
+        split, shard = shard_of_result(result, plan)
+        self.shard_records[plan.final_paths[split][shard]] += 1
         for field, value in rec.labels.items():
             if value >= 0:
                 self.class_counts[result.split][field][value] += 1
@@ -248,7 +251,8 @@ class Tally:
         return self
 
     def merge(self, other: "Tally") -> "Tally":
-        for name in ("written", "skipped", "problems", "converted", "exif_sources"):
+        for name in ("written", "skipped", "problems", "converted", "exif_sources",
+                     "shard_records"):
             getattr(self, name).update(getattr(other, name))
         for split in features.SPLITS:
             for field in labels.FIELDS:
@@ -370,7 +374,7 @@ def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str
     bar = Progress(len(plan.items), "make_records", enabled=progress)
     try:
         for index, result in enumerate(_results(plan.items, plan.options, workers)):
-            tally.add(index, result)
+            tally.add(index, result, plan)
             if result.record is not None:
                 split, shard = shard_of_result(result, plan)
                 writers[split][shard].write(serialize_record(result))
