@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging as py_logging
 import os
 import time
 import uuid
 from typing import Iterable, Optional, Sequence
 
 import apache_beam as beam
+from absl import logging
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from exif_keras import convert, features, make_records, sources
@@ -179,7 +179,8 @@ def finish(_, plan: make_records.Plan, token: str, listing: str, started: float,
     if written != expected:
         raise RuntimeError(f"make_records (beam): shards written with {written} records, "
                            f"expected {expected}")
-    tf.io.gfile.remove(listing)
+    if tf.io.gfile.exists(listing):  # not on a retry of this step
+        tf.io.gfile.remove(listing)
     return make_records.finish_output(plan, tally, token, time.time() - started)
 
 
@@ -226,8 +227,8 @@ def run(input_dir: str, output_dir: str, pipeline_options: Optional[Sequence[str
     listing = os.path.join(output_dir, f"items.jsonl.tmp-{token}")
     write_listing(listing, plan.items)
     args = list(pipeline_options) if pipeline_options else list(DEFAULT_PIPELINE_OPTIONS)
-    py_logging.info("Converting %d candidate images from %s (layout %s) with Beam: %s",
-                    plan.candidates, input_dir, plan.layout, " ".join(args))
+    logging.info("Converting %d candidate images from %s (layout %s) with Beam: %s",
+                 plan.candidates, input_dir, plan.layout, " ".join(args))
     worker_plan = dataclasses.replace(plan, items=[])
     try:
         with beam.Pipeline(options=PipelineOptions(args)) as root:

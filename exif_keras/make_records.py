@@ -12,10 +12,11 @@ Shards are written under temporary names and renamed when complete, so a killed 
 file a reader would take for whole; the same command run again writes the same records.
 
 Two runners, the same records: ``--runner=local`` (default) converts with a process pool on this
-machine; ``--runner=beam`` runs the conversion as an Apache Beam pipeline (`exif_keras.beam_records`:
-DirectRunner here, Dataflow, Flink or Spark with ``--beam_pipeline_options``). Both use the functions
-under "shared by the local and Beam runners" below: the listing and shard plan, the per-image
-conversion (`convert.convert_path`), the record bytes, the shard names, the manifest and skipped.tsv.
+machine; ``--runner=beam`` runs the conversion as an Apache Beam pipeline
+(`exif_keras.beam_records`: DirectRunner here, Dataflow, Flink or Spark with
+``--beam_pipeline_options``). Both use the functions under "shared by the local and Beam runners"
+below: the listing and shard plan, the per-image conversion (`convert.convert_path`), the record
+bytes, the shard names, the manifest and skipped.tsv.
 """
 
 from __future__ import annotations
@@ -339,7 +340,10 @@ def finish_output(plan: Plan, tally: Tally, token: str, elapsed: float) -> dict:
     import tensorflow as tf
 
     for path in plan.all_shards():
-        tf.io.gfile.rename(temp_path(path, token), path, overwrite=True)
+        tmp = temp_path(path, token)
+        # A retried Beam step finds its shards renamed already (the token is this run's alone).
+        if tf.io.gfile.exists(tmp) or not tf.io.gfile.exists(path):
+            tf.io.gfile.rename(tmp, path, overwrite=True)
     _remove_stale(plan.output_dir, keep=set(plan.all_shards()))
     manifest = build_manifest(plan, tally, elapsed)
     write_skipped(plan.output_dir, tally.skipped_rows)
@@ -352,7 +356,8 @@ def finish_output(plan: Plan, tally: Tally, token: str, elapsed: float) -> dict:
 def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str = "auto",
         min_side: int = 128, max_pixels: int = 64_000_000, shard_size: int = 1024,
         workers: int = 0, progress: bool = True, source_description: Optional[str] = None) -> dict:
-    """Converts ``input_dir`` into ``output_dir`` with a local process pool; returns the manifest."""
+    """Converts ``input_dir`` into ``output_dir`` with a local process pool; returns the
+    manifest."""
     import tensorflow as tf
 
     plan = plan_conversion(input_dir, output_dir, layout, exif_variant, min_side, max_pixels,

@@ -204,3 +204,23 @@ def test_real_exif_corpus_both_runners(tmp_path):
     assert local["written"] == beamed["written"] == manifest["written"] >= 60
     assert sum(len(v) for v in manifest["shards"].values()) > 3
     assert manifest["skipped"], "the corpus has corrupt and odd files"
+
+
+def test_failed_pipeline_leaves_previous_records_whole(tmp_path, monkeypatch):
+    root = tmp_path / "m"
+    (root / "meta" / "exif").mkdir(parents=True)
+    for n in range(1, 7):
+        (root / f"im{n}.jpg").write_bytes(_jpeg(seed=n))
+        mf.write_clean_exif(root / "meta" / "exif" / f"exif{n}.txt", exposure_time=1 / 60,
+                            f_number=4.0, iso=100)
+    out = tmp_path / "out"
+    make_records.run(str(root), str(out), workers=1, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(args):
+        raise RuntimeError("a worker failed")
+
+    monkeypatch.setattr(convert, "convert_path", broken)  # the DirectRunner runs in this process
+    with pytest.raises(Exception, match="a worker failed"):
+        beam_records.run(str(root), str(out), pipeline_options=["--runner=DirectRunner"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp file, no listing
