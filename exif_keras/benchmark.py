@@ -28,6 +28,10 @@ than either figure alone):
    already extracted patches; the difference is the in-graph decoding and patching, also timed
    alone (``export.preprocess``). Skipped (with the reason) when exif_keras.export cannot be
    imported or fails.
+5. **convert**: images/s of ``python -m exif_keras.make_records`` (local runner, ``--workers``)
+   against Pillow's decode of the same files in one process, and beside it the same conversion on
+   Apache Beam's DirectRunner (``--runner=beam``, as many workers; skipped with the reason when
+   Beam is not installed), see :func:`convert_section`.
 
 Method: every section builds its measurements first, calls each one untimed to trace and warm up,
 then runs ``repeats`` rounds; in each round every measurement runs ``steps`` timed iterations, in
@@ -412,62 +416,97 @@ def pillow_decode(paths: Sequence[str]) -> None:
             pass
 
 
+def beam_available() -> Optional[str]:
+    """None when Apache Beam can be imported, else why not (the DirectRunner side is skipped)."""
+    import importlib.util
+
+    if importlib.util.find_spec("apache_beam") is None:
+        return "Apache Beam is not installed (pip install -e '.[beam]')"
+    return None
+
+
+def _run_make_records(input_dir: str, out: str, extra: Sequence[str]) -> Sample:
+    """``python -m exif_keras.make_records`` in a child process; its conversion time from the
+    manifest, its CPU time (child and its workers) from ``RUSAGE_CHILDREN``."""
+    import resource
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        [sys.executable, "-m", "exif_keras.make_records", f"--input_dir={input_dir}",
+         f"--output_dir={out}", "--progress=false", *extra], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"make_records {' '.join(extra)} failed: {done.stderr[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(os.path.join(out, features.MANIFEST)) as f:
+        manifest = json.load(f)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Sample(manifest["seconds"], cpu, manifest["candidates"])
+
+
 def convert_section(config: BenchConfig, inputs: Mapping[str, str], work_dir: str,
                     log: Callable[[str], None]) -> dict:
     """make_records over a folder against Pillow's decode of the same files in one process: the
-    converter is decode bound, so that decode rate is its yardstick.
+    converter is decode bound, so that decode rate is its yardstick. Beside it, the same
+    conversion on Apache Beam's DirectRunner (``--runner=beam``, ``--direct_num_workers`` = the
+    local runner's workers), when Beam is installed.
 
     The converter runs as users run it, ``python -m exif_keras.make_records`` in a child process
     (its workers then stay free of TensorFlow, which this process has loaded); its rate is the
     manifest's ``seconds``: the conversion itself, worker pool start included, interpreter and
     TensorFlow start-up excluded (a one-off cost of a few seconds, nothing on MIRFLICKR's scale).
-    CPU time: the child and its workers (``RUSAGE_CHILDREN``), start-up included.
-    The two sides alternate, round after round."""
-    import resource
-    import subprocess
-
+    For the Beam runner ``seconds`` runs from the listing to the manifest, so it includes the
+    pipeline's construction and the DirectRunner's start-up. CPU time: the child and its workers
+    (``RUSAGE_CHILDREN``), start-up included. The sides alternate, round after round."""
     from exif_keras import sources
 
     workers = config.convert_workers or os.cpu_count() or 1
+    no_beam = beam_available()
+    beam_options = f"--runner=DirectRunner,--direct_num_workers={workers}"
     samples, ratios = {}, {}
     for label, input_dir in inputs.items():
         layout, items = sources.list_items(input_dir)
         paths = [item.image_path for item in items]
-        out = os.path.join(work_dir, f"convert_{label}")
         log(f"  {label}: {len(items)} files ({layout}) in {input_dir}")
-        conv, dec = f"make_records_{label}", f"pillow_decode_{label}"
+        conv, dec, direct = (f"make_records_{label}", f"pillow_decode_{label}",
+                             f"beam_direct_{label}")
         samples[conv], samples[dec] = [], []
+        if not no_beam:
+            samples[direct] = []
         for r in range(config.repeats):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            done = subprocess.run(
-                [sys.executable, "-m", "exif_keras.make_records", f"--input_dir={input_dir}",
-                 f"--output_dir={out}", f"--workers={workers}", "--progress=false"],
-                capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"make_records failed: {done.stderr[-2000:]}")
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            with open(os.path.join(out, features.MANIFEST)) as f:
-                seconds = json.load(f)["seconds"]
-            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-            samples[conv].append(Sample(seconds, cpu, len(paths)))
+            samples[conv].append(_run_make_records(
+                input_dir, os.path.join(work_dir, f"convert_{label}"), [f"--workers={workers}"]))
             gc.collect()
             wall, cpu = time.perf_counter(), time.process_time()
             pillow_decode(paths)
             samples[dec].append(Sample(time.perf_counter() - wall, time.process_time() - cpu,
                                        len(paths)))
-            log(f"  round {r + 1}/{config.repeats}: make_records "
-                f"{len(paths) / samples[conv][-1].wall_s:.1f} img/s, Pillow decode "
-                f"{len(paths) / samples[dec][-1].wall_s:.1f} img/s")
+            line = (f"  round {r + 1}/{config.repeats}: make_records "
+                    f"{len(paths) / samples[conv][-1].wall_s:.1f} img/s, Pillow decode "
+                    f"{len(paths) / samples[dec][-1].wall_s:.1f} img/s")
+            if not no_beam:
+                samples[direct].append(_run_make_records(
+                    input_dir, os.path.join(work_dir, f"convert_beam_{label}"),
+                    ["--runner=beam", f"--beam_pipeline_options={beam_options}"]))
+                line += f", Beam DirectRunner {len(paths) / samples[direct][-1].wall_s:.1f} img/s"
+            log(line)
         ratios[f"make_records_vs_pillow_decode_{label}"] = ratio(samples, conv, dec)
+        if not no_beam:
+            ratios[f"beam_direct_vs_make_records_{label}"] = ratio(samples, direct, conv)
+    notes = [f"make_records (child process, {workers} workers) against Pillow in one "
+             "process; make_records img/s from its manifest (conversion only); its "
+             "img/CPU-s counts the child's start-up too"]
+    notes.append(f"beam_direct: make_records --runner=beam --beam_pipeline_options={beam_options}"
+                 " (same records); its seconds include the pipeline's start-up; its ratio is to "
+                 "make_records, not to the Pillow decode" if not no_beam
+                 else f"beam_direct skipped: {no_beam}")
     return {
         "baseline": "pillow_decode",
         "workers": workers,
         "inputs": dict(inputs),
         "measurements": {name: summarise(s) for name, s in samples.items()},
         "ratios": ratios,
-        "notes": [f"make_records (child process, {workers} workers) against Pillow in one "
-                  "process; make_records img/s from its manifest (conversion only); its "
-                  "img/CPU-s counts the child's start-up too"],
+        "notes": notes,
     }
 
 
@@ -748,7 +787,8 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
     try:
         sample_dir, records_dir = prepare_data(work_dir, config.num_images, config.seed, log)
         if "convert" in config.sections:
-            log("convert: make_records vs Pillow decode of the same files")
+            log("convert: make_records (local, Beam DirectRunner) vs Pillow decode of the same "
+                "files")
             inputs = {"sample": sample_dir}
             for path in config.convert_dirs:
                 inputs[os.path.basename(os.path.normpath(path)) or "dir"] = path

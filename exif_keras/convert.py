@@ -249,8 +249,9 @@ def convert_item(item: Item, options: Options) -> Converted:
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return skip("decompression_bomb", str(e))
-    except UnidentifiedImageError as e:
-        return skip("not_an_image", str(e))
+    except UnidentifiedImageError:
+        # Not str(e): it names the BytesIO object by its address, different on every run.
+        return skip("not_an_image", f"Pillow cannot identify the format (first bytes {data[:8]!r})")
     except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on garbage headers
         return skip("corrupt_image", f"{type(e).__name__}: {e}")
 

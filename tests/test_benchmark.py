@@ -74,9 +74,17 @@ def test_every_section_present_with_positive_rates(result):
 
 def test_convert_section(result):
     convert = result["sections"]["convert"]
-    assert set(convert["measurements"]) == {"make_records_sample", "pillow_decode_sample"}
+    beam = benchmark.beam_available() is None
+    assert set(convert["measurements"]) == {"make_records_sample", "pillow_decode_sample"} | (
+        {"beam_direct_sample"} if beam else set())
     _check_ratio(convert["ratios"]["make_records_vs_pillow_decode_sample"],
                  "make_records_sample", "pillow_decode_sample")
+    if beam:  # the DirectRunner beside the local runner, on the same files
+        _check_ratio(convert["ratios"]["beam_direct_vs_make_records_sample"],
+                     "beam_direct_sample", "make_records_sample")
+        assert convert["measurements"]["beam_direct_sample"]["images_per_round"] == 12
+    else:
+        assert any("beam_direct skipped" in n for n in convert["notes"])
     # Every file of the sample, once per round, on both sides.
     assert convert["measurements"]["pillow_decode_sample"]["images_per_round"] == 12
     assert convert["measurements"]["make_records_sample"]["images_per_round"] == 12
