@@ -22,7 +22,9 @@ predicted and, when some had EXIF, how many predictions agree with it, per class
 task's classes), then one last line ``{"summary": {...}}``.
 
 A file that cannot be read or decoded is reported on stderr with the reason and skipped; the
-others still run (a batch that fails is retried photo by photo). The exit status is 1 when any
+others still run (a batch that fails is retried photo by photo). A photo whose header gives more
+pixels than the export's ``max_pixels`` (exif_keras.json; the served model refuses it too) is
+skipped the same way, before anything is decoded. The exit status is 1 when any
 path failed, 2 for usage errors (no such model, no PATH).
 """
 
@@ -100,6 +102,11 @@ class Predictor:
         return predictor
 
     @property
+    def max_pixels(self) -> int:
+        """The export's pixel limit (exif_keras.json), else the converter's default."""
+        return int(self.metadata.get("max_pixels", export.DEFAULT_MAX_PIXELS))
+
+    @property
     def task(self) -> Optional[labels.TaskSpec]:
         m = self.metadata
         if not all(k in m for k in ("field", "task", "class_names", "fine_to_target")):
@@ -141,6 +148,22 @@ def image_problem(data: bytes) -> Optional[str]:
         return "empty file"
     if not (data.startswith(export.JPEG_MAGIC) or data.startswith(export.PNG_MAGIC)):
         return "not a JPEG or PNG image"
+    return None
+
+
+_image_sizes = tf.function(export.image_sizes,
+                           input_signature=[tf.TensorSpec([None], tf.string)])
+
+
+def pixel_problem(data: bytes, max_pixels: int) -> Optional[str]:
+    """Why a JPEG or PNG is refused for its size (None when it is not): the served model's pixel
+    check on its header, nothing decoded. A header that does not parse is left to the model."""
+    try:
+        height, width = (int(v) for v in _image_sizes(tf.constant([data]))[0].numpy())
+    except tf.errors.InvalidArgumentError:
+        return None
+    if height * width > max_pixels:
+        return export.TOO_MANY_PIXELS.format(width, height, width * height, max_pixels)
     return None
 
 
@@ -355,7 +378,7 @@ def run(paths: Sequence[str], model: str, version: Optional[int] = None,
         except OSError as e:
             report(path, f"cannot read: {e.strerror or e}")
             continue
-        problem = image_problem(data)
+        problem = image_problem(data) or pixel_problem(data, predictor.max_pixels)
         if problem:
             report(path, problem)
             continue
