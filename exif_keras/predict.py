@@ -254,6 +254,7 @@ def _predict_batch(predictor: Predictor, batch: list[tuple[str, bytes]],
     except tf.errors.InvalidArgumentError as e:
         if len(batch) == 1:
             failed.append((batch[0][0], export.first_line(e.message)
+                           .replace(f"{export.INPUT_NAME}[0] has ", "")
                            .replace(f"{export.INPUT_NAME}[0] ", "")))
             return []
         done = []

@@ -12,9 +12,7 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
-import zlib
 
 import keras
 import numpy as np
@@ -29,6 +27,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from exif_keras import convert, dataset, export, labels
+from image_bombs import jpeg_header_bomb, png_header_bomb
 from exif_keras import model as model_lib
 
 K, P = 2, 32   # patches per image, patch size: tiny keeps the tests fast
@@ -76,25 +75,6 @@ def encode(array: np.ndarray, fmt: str = "JPEG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buf.getvalue()
-
-
-def jpeg_header_bomb(width: int, height: int) -> bytes:
-    """A JPEG whose SOF0 header says ``width`` x ``height`` followed by an 8x8 image's few bytes
-    of scan data: a decompression bomb of under a kilobyte."""
-    data = bytearray(encode(textured(8, 8, 9)))
-    sof = data.index(b"\xff\xc0")                 # marker, length (2), precision (1), H, W
-    struct.pack_into(">HH", data, sof + 5, height, width)
-    return bytes(data)
-
-
-def png_header_bomb(width: int, height: int) -> bytes:
-    """A PNG whose IHDR says ``width`` x ``height`` (8-bit RGB) with one tiny IDAT."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
-
-    return (export.PNG_MAGIC + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 def real_photo(max_bytes: int = 300_000):
@@ -461,8 +441,8 @@ def test_export_of_a_given_model_and_warmup_images(tmp_path, run_dir, keras_mode
     assert path.endswith(os.path.join("exif_shutter", "5"))
     assert not (tmp_path / "m" / "models.config").exists()
     records = export.read_warmup(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
-    assert [list(tf.make_ndarray(r.predict_log.request.inputs["image_bytes"])) for r in records] == [
-        [photo], [photo], [photo, photo]]
+    assert [list(tf.make_ndarray(r.predict_log.request.inputs["image_bytes"]))
+            for r in records] == [[photo], [photo], [photo, photo]]
     with pytest.raises(export.ExportError, match="warmup image"):
         export.export_model(run_dir, str(tmp_path / "m" / "exif_shutter"), model=keras_model,
                             warmup_images=[b"nope"], write_config=False)
