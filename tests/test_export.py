@@ -7,6 +7,7 @@ tiny "scratch" model) is written here; nothing is trained and nothing is downloa
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -472,3 +473,114 @@ def test_cli_errors_without_traceback(tmp_path, run_dir, exported, models_dir, c
     model_lib.save_config(tiny_config(), str(half))
     assert _run_main(["export", f"--model_dir={half}"]) == 2
     assert "run_config.json, best.weights.h5" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- exports of trained and vgg16 models
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """A few sample images converted to records, as in tests/test_train.py."""
+    from exif_keras import make_records, sample
+
+    root = tmp_path_factory.mktemp("train_data")
+    sample.generate_sample(str(root / "sample"), count=32, seed=3, workers=1, progress=False)
+    make_records.run(str(root / "sample"), str(root / "records"), workers=1, progress=False)
+    return root / "records"
+
+
+@pytest.fixture
+def float32_afterwards():
+    """Training sets the global dtype policy (mixed_float16 with --mixed_precision=on)."""
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def train_config(records, tmp_path, **overrides):
+    from exif_keras import train
+
+    base = dict(field=FIELD, task=TASK, data_dir=str(records), model_dir=str(tmp_path / "run"),
+                epochs=1, batch_size=8, num_patches=K, patch_size=P, backbone="scratch",
+                trunk_layer="block1_pool", scratch_width_divisor=16, filters=4, verbose=0,
+                eval_train=False, seed=1, export=True,
+                export_dir=str(tmp_path / "models" / "exif_shutter"))
+    base.update(overrides)
+    return train.TrainConfig(**base)
+
+
+def model_of_run(model_dir: str) -> keras.Model:
+    """The run's model as evaluation sees it: its config, its best weights, this dtype policy."""
+    model = model_lib.build_model(model_lib.load_config(model_dir))
+    model.load_weights(os.path.join(model_dir, export.BEST_WEIGHTS))
+    return model
+
+
+TEST_PHOTOS = [encode(textured(90, 130, 20)), encode(textured(130, 90, 21), "PNG"),
+               encode(textured(20, 12, 22))]
+
+
+def test_training_exports_its_best_model_at_the_end(records, tmp_path, float32_afterwards):
+    from exif_keras import train
+
+    metrics = train.train(train_config(records, tmp_path))
+    path = metrics["export_path"]
+    assert path == str(tmp_path / "models" / "exif_shutter" / "1")
+    with open(tmp_path / "run" / train.METRICS) as f:
+        assert json.load(f)["export_path"] == path
+    with open(os.path.join(path, "assets.extra", "exif_keras.json")) as f:
+        meta = json.load(f)
+    assert meta["source_model_dir"] == str(tmp_path / "run")
+    assert (meta["field"], meta["num_patches"], meta["patch_size"]) == (FIELD, K, P)
+    with open(tmp_path / "models" / "models.config") as f:
+        assert [e["name"] for e in _parse_models_config(f.read())] == ["exif_shutter"]
+    served = serve(tf.saved_model.load(path).signatures["serving_default"], TEST_PHOTOS)
+    model = model_of_run(str(tmp_path / "run"))
+    np.testing.assert_allclose(served["probabilities"],
+                               [keras_probabilities(model, p) for p in TEST_PHOTOS],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_export_of_a_mixed_precision_run_serves_float32(records, tmp_path, float32_afterwards):
+    from exif_keras import train
+
+    metrics = train.train(train_config(records, tmp_path, mixed_precision="on"))
+    assert metrics["mixed_precision"] is True
+    signature = tf.saved_model.load(metrics["export_path"]).signatures["serving_default"]
+    assert signature.structured_outputs["probabilities"].dtype == tf.float32
+    served = serve(signature, TEST_PHOTOS)
+    assert served["probabilities"].dtype == np.float32
+
+    mixed = model_of_run(str(tmp_path / "run"))   # the policy training left: mixed_float16
+    assert mixed.get_layer("per_patch").compute_dtype == "float16"
+    in_process = np.stack([keras_probabilities(mixed, p) for p in TEST_PHOTOS])
+    np.testing.assert_allclose(served["probabilities"], in_process, atol=1e-2)
+    # The export computes in float32: exactly the float32 model with the trained weights.
+    keras.config.set_dtype_policy("float32")
+    full = model_of_run(str(tmp_path / "run"))
+    np.testing.assert_allclose(served["probabilities"],
+                               [keras_probabilities(full, p) for p in TEST_PHOTOS],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_export_of_a_vgg16_backbone(tmp_path):
+    """A vgg16 run's model_config.json names the backbone's initial weights (ImageNet, or a file
+    on the training machine, missing here); the export rebuilds the model without them (the run's
+    own weights replace them) and serves what the trained model computes."""
+    config = model_lib.ModelConfig(num_classes=2, num_patches=K, patch_size=P, backbone="vgg16",
+                                   trunk_layer="block2_pool", backbone_weights=None,
+                                   dense_units=8, filters=4)
+    keras.utils.set_random_seed(4)
+    model = model_lib.build_model(config)
+    run_dir = str(tmp_path / "run")
+    make_run(run_dir)   # run_config.json and the like, then the vgg16 model over them
+    model_lib.save_config(dataclasses.replace(config, backbone_weights=str(tmp_path / "elsewhere" / "vgg16_notop.h5")), run_dir)
+    model.save_weights(os.path.join(run_dir, export.BEST_WEIGHTS))
+
+    path = export.export_model(run_dir, str(tmp_path / "models" / "exif_shutter"))
+    with open(os.path.join(path, "assets.extra", "exif_keras.json")) as f:
+        meta = json.load(f)
+    assert (meta["model_config"]["backbone"], meta["model_config"]["trunk_layer"]) == (
+        "vgg16", "block2_pool")
+    served = serve(tf.saved_model.load(path).signatures["serving_default"], TEST_PHOTOS)
+    np.testing.assert_allclose(served["probabilities"],
+                               [keras_probabilities(model, p) for p in TEST_PHOTOS],
+                               rtol=1e-5, atol=1e-6)
