@@ -572,7 +572,8 @@ def test_export_of_a_vgg16_backbone(tmp_path):
     model = model_lib.build_model(config)
     run_dir = str(tmp_path / "run")
     make_run(run_dir)   # run_config.json and the like, then the vgg16 model over them
-    model_lib.save_config(dataclasses.replace(config, backbone_weights=str(tmp_path / "elsewhere" / "vgg16_notop.h5")), run_dir)
+    elsewhere = str(tmp_path / "elsewhere" / "vgg16_notop.h5")
+    model_lib.save_config(dataclasses.replace(config, backbone_weights=elsewhere), run_dir)
     model.save_weights(os.path.join(run_dir, export.BEST_WEIGHTS))
 
     path = export.export_model(run_dir, str(tmp_path / "models" / "exif_shutter"))
