@@ -41,7 +41,8 @@ _EXIF_VARIANT = flags.DEFINE_enum(
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "data/records", "Where shards and manifest go.")
 _MIN_SIDE = flags.DEFINE_integer("min_side", 128, "Skip images whose shorter side is smaller.")
 _MAX_PIXELS = flags.DEFINE_integer(
-    "max_pixels", convert.DEFAULT_MAX_PIXELS, "Skip images with more pixels than this (decompression bombs).")
+    "max_pixels", convert.DEFAULT_MAX_PIXELS,
+    "Skip images with more pixels than this (decompression bombs).")
 _SHARD_SIZE = flags.DEFINE_integer(
     "shard_size", 1024, "Target images per shard; the shard count of each split follows from it.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Worker processes; 0 = one per CPU core.")
@@ -115,7 +116,8 @@ def ensure_sample(sample_dir: str, count: int, seed: int, progress: bool = True)
 
 
 def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str = "auto",
-        min_side: int = 128, max_pixels: int = convert.DEFAULT_MAX_PIXELS, shard_size: int = 1024,
+        min_side: int = 128, max_pixels: int = convert.DEFAULT_MAX_PIXELS,
+        shard_size: int = 1024,
         workers: int = 0, progress: bool = True, source_description: Optional[str] = None) -> dict:
     """Converts ``input_dir`` into ``output_dir``; returns the manifest."""
     import tensorflow as tf
