@@ -546,7 +546,8 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     return final
 
 
-_NOISE = re.compile(r"^(Graph execution error:|Detected at node |<stack traces unavailable>|\[\[)")
+_NOISE = re.compile(r"^(Graph execution error:|Detected at node |<stack traces unavailable>|\[\[|"
+                    r"File \".*\", line \d+)")   # the last: the traceback of "Detected at node"
 
 
 def first_line(message: str) -> str:

@@ -473,6 +473,18 @@ def test_cli_errors_without_traceback(tmp_path, run_dir, exported, models_dir, c
     model_lib.save_config(tiny_config(), str(half))
     assert _run_main(["export", f"--model_dir={half}"]) == 2
     assert "run_config.json, best.weights.h5" in capsys.readouterr().err
+    limited = str(tmp_path / "limited" / "exif_shutter")
+    assert _run_main(["export", f"--model_dir={run_dir}", f"--export_dir={limited}",
+                      "--max_pixels=0"]) == 2
+    assert "--max_pixels must be a positive integer, got 0" in capsys.readouterr().err
+    assert _run_main(["export", f"--model_dir={run_dir}", f"--export_dir={limited}",
+                      "--max_pixels=1000"]) == 2   # under the generated warmup images' 64x48
+    assert ("a warmup image cannot be served: image_bytes[0] has 64x48 = 3072 pixels, over the "
+            "limit of 1000 pixels" in capsys.readouterr().err)
+    assert _run_main(["export", f"--model_dir={run_dir}", f"--export_dir={limited}",
+                      "--max_pixels=5000"]) == 0
+    with open(os.path.join(limited, "1", "assets.extra", "exif_keras.json")) as f:
+        assert json.load(f)["max_pixels"] == 5000
 
 
 # ------------------------------------------------------- exports of trained and vgg16 models
