@@ -56,6 +56,7 @@ CONVERTED_REASONS = {
 }
 
 REENCODE_QUALITY = 95
+DEFAULT_MAX_PIXELS = 64_000_000   # --max_pixels of make_records and export (decompression bombs)
 _LEVELS = np.arange(256, dtype=np.float64)
 SPLIT_FRACTIONS = (("train", 0.8), ("validation", 0.9), ("test", 1.0))
 
@@ -83,7 +84,7 @@ def shard_of(source_id: str, num_shards: int) -> int:
 @dataclasses.dataclass
 class Options:
     min_side: int = 128
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     pixel_stats: bool = True   # accumulate per-channel sums (training split only)
     check_jpeg_data: bool = True  # skip JPEGs whose compressed data has errors (jpeg_data_error)
 

@@ -1,5 +1,6 @@
 r"""Export for TensorFlow Serving: python -m exif_keras.export --model_dir=runs/<field>
                                     [--export_dir=models/exif_<field>] [--version=N]
+                                    [--max_pixels=64000000]
 
 Writes one SavedModel version folder that TensorFlow Serving loads as it is::
 
@@ -10,7 +11,7 @@ Writes one SavedModel version folder that TensorFlow Serving loads as it is::
           saved_model.pb, variables/    signature "serving_default" (below)
           assets.extra/
             tf_serving_warmup_requests  TFRecord of PredictionLog protos (model warmup)
-            exif_keras.json             field, task, class names, grouping, k, P (for predict)
+            exif_keras.json             field, task, class names, grouping, k, P, max_pixels
 
 Signature ``serving_default`` (method ``tensorflow/serving/predict``)::
 
@@ -32,6 +33,13 @@ Decisions:
   or PNG image``. Bytes with a valid signature that do not decode (truncated, corrupt) fail with the
   decoder's InvalidArgument. Either way the loaded model serves the next request. The graph holds
   no Python op (``tf.py_function`` etc.): TensorFlow Serving cannot run them.
+* **Bounded decoding.** Before anything is decoded, each image's width and height are read from
+  its header (JPEG: ``tf.image.extract_jpeg_shape``, libjpeg's header parser, the one the decoder
+  uses; PNG: the IHDR's big-endian width and height at bytes 16..24), and a request holding an
+  image of more than ``--max_pixels`` pixels (default: make_records' ``--max_pixels``, recorded in
+  exif_keras.json) fails with InvalidArgument ``image_bytes[i] has 20000x20000 = 400000000
+  pixels, over the limit of 64000000 pixels (export --max_pixels)``. A header-only decompression
+  bomb (a few hundred bytes claiming 20000x20000) so costs a header parse, not gigabytes.
 * **Keras 3's export path**: ``keras.export.ExportArchive`` with one endpoint named
   ``serving_default`` whose function returns a dict (dict keys become the signature's output
   names). The exported model is a fresh float32 copy of the trained one (same weights): an export
@@ -53,9 +61,9 @@ Decisions:
 * **Warmup**: ``assets.extra/tf_serving_warmup_requests`` holds PredictRequests for a few small
   sample images (generated here with Pillow when ``warmup_images`` is not given): each image alone,
   then all of them in one batch, so that TensorFlow Serving traces and initialises the graph before
-  the first real request. ``tensorflow-serving-api`` is not a dependency: the few protobuf
-  messages around the TensorProto are encoded by hand (:func:`encode_prediction_log`; field
-  numbers from tensorflow_serving/apis/prediction_log.proto, predict.proto and model.proto).
+  the first real request. The records are TensorFlow Serving's own ``PredictionLog`` messages
+  (``tensorflow_serving.apis``, from the ``tensorflow-serving-api`` package), and models.config is
+  its ``ModelServerConfig`` written with protobuf's ``text_format``.
 """
 
 from __future__ import annotations
@@ -73,8 +81,11 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
+from google.protobuf import text_format
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
-from exif_keras import __version__, labels, stops
+from exif_keras import __version__, convert, labels, stops
 from exif_keras.cli import shared_flag
 from exif_keras import dataset as data
 from exif_keras import model as model_lib
@@ -100,6 +111,10 @@ BEST_WEIGHTS = model_lib.BEST_WEIGHTS_FILENAME
 JPEG_MAGIC = b"\xff\xd8\xff"          # what tf.io.is_jpeg checks
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NOT_AN_IMAGE = "is not a JPEG or PNG image"
+# Why a photo over the pixel limit is refused: width, height, pixels, limit (str.format and
+# tf.strings.format alike); the served model's error is "image_bytes[i] has " + this.
+TOO_MANY_PIXELS = "{}x{} = {} pixels, over the limit of {} pixels (export --max_pixels)"
+DEFAULT_MAX_PIXELS = convert.DEFAULT_MAX_PIXELS
 
 ImageSource = Union[bytes, str, os.PathLike]
 
@@ -217,11 +232,59 @@ def check_image_bytes(image_bytes: tf.Tensor) -> tf.Operation:
     return tf.debugging.Assert(tf.reduce_all(ok), [message])
 
 
-def preprocess(image_bytes: tf.Tensor, num_patches: int, patch_size: int) -> tf.Tensor:
-    """[N] encoded images -> uint8 [N, k, P, P, 3] as in evaluation, computed on the CPU."""
+def _png_size(encoded: tf.Tensor) -> tf.Tensor:
+    """int64 [height, width] from a PNG's IHDR (big-endian width, height at bytes 16..24); zeros
+    when the bytes are too short (the decoder then rejects them)."""
+    header = tf.strings.substr(tf.strings.join([encoded, b"\0" * 24]), 16, 8)
+    octets = tf.reshape(tf.cast(tf.io.decode_raw(header, tf.uint8), tf.int64), [2, 4])
+    width, height = tf.unstack(tf.reduce_sum(octets * [2 ** 24, 2 ** 16, 2 ** 8, 1], axis=1))
+    return tf.stack([height, width])
+
+
+def image_sizes(image_bytes: tf.Tensor) -> tf.Tensor:
+    """[N] JPEG or PNG bytes -> int64 [N, 2] (height, width) read from the headers, without
+    decoding: ``tf.image.extract_jpeg_shape`` (libjpeg's header parser, the one the decoder uses)
+    or the PNG's IHDR. A JPEG whose header does not parse fails with the decoder's
+    InvalidArgument."""
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+
+    def _one(encoded):
+        return tf.cond(
+            tf.io.is_jpeg(encoded),
+            lambda: tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64),
+            lambda: _png_size(encoded))
+
+    return tf.map_fn(_one, image_bytes, fn_output_signature=tf.TensorSpec([2], tf.int64))
+
+
+def check_pixels(sizes: tf.Tensor, max_pixels: int) -> tf.Operation:
+    """Assert op: no image has more than ``max_pixels`` pixels. Fails with InvalidArgument
+    ``image_bytes[i] has WxH = n pixels, over the limit of m pixels (export --max_pixels)`` (i:
+    the first such image)."""
+    sizes = tf.convert_to_tensor(sizes, tf.int64)
+    # float64 is exact below 2**53; anything that large is far over any limit anyway.
+    pixels = tf.reduce_prod(tf.cast(sizes, tf.float64), axis=1)
+    over = pixels > float(max_pixels)
+    count = tf.size(over, out_type=tf.int64)
+    first = tf.minimum(tf.reduce_min(tf.where(over, tf.range(count, dtype=tf.int64), count)),
+                       count)   # count (a row of zeros below) when none is over, or no image
+    height, width = tf.unstack(tf.gather(tf.concat([sizes, tf.zeros([1, 2], tf.int64)], 0), first))
+    message = tf.strings.format(INPUT_NAME + "[{}] has " + TOO_MANY_PIXELS, (
+        first, width, height, height * width, tf.constant(max_pixels, tf.int64)))
+    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(over)), [message])
+
+
+def preprocess(image_bytes: tf.Tensor, num_patches: int, patch_size: int,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+    """[N] encoded images -> uint8 [N, k, P, P, 3] as in evaluation, computed on the CPU.
+
+    Before anything is decoded: every element must be a JPEG or PNG (:func:`check_image_bytes`)
+    whose header gives at most ``max_pixels`` pixels (:func:`check_pixels`)."""
     with tf.device("/cpu:0"):
         image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
         with tf.control_dependencies([check_image_bytes(image_bytes)]):
+            image_bytes = tf.identity(image_bytes)
+        with tf.control_dependencies([check_pixels(image_sizes(image_bytes), max_pixels)]):
             image_bytes = tf.identity(image_bytes)
 
         def _one(encoded):
@@ -238,7 +301,8 @@ def plain_signature(heads: Sequence[labels.TaskSpec]) -> bool:
     return len(heads) == 1 and heads[0].task == "binary"
 
 
-def make_serving_fn(model, heads: Sequence[labels.TaskSpec], num_patches: int, patch_size: int):
+def make_serving_fn(model, heads: Sequence[labels.TaskSpec], num_patches: int, patch_size: int,
+                    max_pixels: int = DEFAULT_MAX_PIXELS):
     """fn(image_bytes [N] string) -> dict of outputs (graph ops only):
 
     * a single binary head: ``probabilities``, ``class_ids``, ``class_names``;
@@ -250,7 +314,7 @@ def make_serving_fn(model, heads: Sequence[labels.TaskSpec], num_patches: int, p
     plain = plain_signature(heads)
 
     def serving_default(image_bytes):
-        patches = preprocess(image_bytes, num_patches, patch_size)
+        patches = preprocess(image_bytes, num_patches, patch_size, max_pixels)
         # An empty batch gets empty outputs: BatchNorm's CPU kernels reject a batch of 0, so it
         # runs one all-zero image (only then) whose result is dropped.
         count = tf.shape(patches)[0]
@@ -304,105 +368,7 @@ def _serving_copy(model, config: model_lib.ModelConfig):
     return copy
 
 
-# ------------------------------------------------------------------ minimal protobuf (warmup)
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2): strings, bytes, messages, map entries."""
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
-
-
-def parse_fields(buffer: bytes) -> list[tuple[int, int, Union[int, bytes]]]:
-    """Top-level (field number, wire type, value) of a serialized message; value is an int for
-    varint/fixed fields and the payload bytes for length-delimited ones."""
-    fields, pos = [], 0
-
-    def varint():
-        nonlocal pos
-        result = shift = 0
-        while True:
-            if pos >= len(buffer):
-                raise ValueError("truncated varint")
-            byte = buffer[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return result
-
-    while pos < len(buffer):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value = varint()
-        elif wire == 1:
-            value, pos = int.from_bytes(buffer[pos:pos + 8], "little"), pos + 8
-        elif wire == 2:
-            size = varint()
-            if pos + size > len(buffer):
-                raise ValueError("truncated length-delimited field")
-            value, pos = bytes(buffer[pos:pos + size]), pos + size
-        elif wire == 5:
-            value, pos = int.from_bytes(buffer[pos:pos + 4], "little"), pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        fields.append((number, wire, value))
-    return fields
-
-
-def encode_prediction_log(model_name: str, inputs: Mapping[str, bytes],
-                          signature_name: str = SIGNATURE_NAME) -> bytes:
-    """Serialized ``tensorflow.serving.PredictionLog`` holding one PredictRequest.
-
-    ``inputs``: input name -> serialized ``tensorflow.TensorProto``. Field numbers:
-    PredictionLog.predict_log = 6; PredictLog.request = 1; PredictRequest.model_spec = 1,
-    .inputs = 2 (map<string, TensorProto>: entries {key = 1, value = 2}); ModelSpec.name = 1,
-    .signature_name = 3.
-    """
-    model_spec = _field(1, model_name.encode()) + _field(3, signature_name.encode())
-    request = _field(1, model_spec)
-    for name in sorted(inputs):
-        request += _field(2, _field(1, name.encode()) + _field(2, inputs[name]))
-    return _field(6, _field(1, request))
-
-
-def decode_prediction_log(serialized: bytes) -> dict:
-    """Inverse of :func:`encode_prediction_log`: {"model_name", "signature_name", "inputs":
-    {name: TensorProto}}. ValueError when it is not a PredictionLog with a predict_log."""
-    from tensorflow.core.framework import tensor_pb2
-
-    logs = [v for n, w, v in parse_fields(serialized) if n == 6 and w == 2]
-    if len(logs) != 1:
-        raise ValueError("not a PredictionLog holding a predict_log")
-    requests = [v for n, w, v in parse_fields(logs[0]) if n == 1 and w == 2]
-    if len(requests) != 1:
-        raise ValueError("PredictLog without a request")
-    out = {"model_name": "", "signature_name": "", "inputs": {}}
-    for number, wire, value in parse_fields(requests[0]):
-        if number == 1 and wire == 2:
-            for n, w, v in parse_fields(value):
-                if n == 1 and w == 2:
-                    out["model_name"] = v.decode()
-                elif n == 3 and w == 2:
-                    out["signature_name"] = v.decode()
-        elif number == 2 and wire == 2:
-            entry = {n: v for n, w, v in parse_fields(value) if w == 2}
-            tensor = tensor_pb2.TensorProto()
-            tensor.ParseFromString(entry.get(2, b""))
-            out["inputs"][entry.get(1, b"").decode()] = tensor
-    return out
-
+# ---------------------------------------------------------------------------------- warmup
 
 def sample_images(patch_size: int, count: int = 3, seed: int = 0) -> list[bytes]:
     """Small JPEGs for warmup: landscape, portrait, smaller than a patch (then repeats)."""
@@ -425,14 +391,25 @@ def sample_images(patch_size: int, count: int = 3, seed: int = 0) -> list[bytes]
     return out
 
 
+def prediction_log(model_name: str, images: Sequence[bytes],
+                   signature_name: str = SIGNATURE_NAME) -> prediction_log_pb2.PredictionLog:
+    """A ``PredictionLog`` holding one PredictRequest of ``images`` (input ``image_bytes``)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    request.inputs[INPUT_NAME].CopyFrom(
+        tf.make_tensor_proto(list(images), dtype=tf.string, shape=[len(images)]))
+    return prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
 def warmup_requests(model_name: str, images: Sequence[bytes]) -> list[bytes]:
     """Serialized PredictionLogs: each image alone, then all images in one batch."""
     batches = [[image] for image in images]
     if len(images) > 1:
         batches.append(list(images))
-    return [encode_prediction_log(model_name, {
-        INPUT_NAME: tf.make_tensor_proto(batch, dtype=tf.string, shape=[len(batch)])
-        .SerializeToString()}) for batch in batches]
+    return [prediction_log(model_name, batch).SerializeToString(deterministic=True)
+            for batch in batches]
 
 
 def write_warmup(path: str, records: Iterable[bytes]) -> None:
@@ -441,9 +418,10 @@ def write_warmup(path: str, records: Iterable[bytes]) -> None:
             writer.write(record)
 
 
-def read_warmup(path: str) -> list[dict]:
-    """The decoded PredictionLogs of a warmup file (see :func:`decode_prediction_log`)."""
-    return [decode_prediction_log(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+def read_warmup(path: str) -> list[prediction_log_pb2.PredictionLog]:
+    """The PredictionLogs of a warmup file."""
+    return [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(path)]
 
 
 def _read_images(images: Sequence[ImageSource]) -> list[bytes]:
@@ -459,16 +437,23 @@ def _read_images(images: Sequence[ImageSource]) -> list[bytes]:
 
 # --------------------------------------------------------------------------------- models.config
 
-def models_config_text(entries: Sequence[tuple[str, str]]) -> str:
-    """TensorFlow Serving's ModelServerConfig (text format) for (name, base_path) pairs."""
-    lines = ["# Written by exif_keras.export: every model folder under this directory.",
-             "# Regenerated on each export; base_path is the path inside the serving container.",
-             "model_config_list {"]
+MODELS_CONFIG_HEADER = ("# Written by exif_keras.export: every model folder under this directory.\n"
+                        "# Regenerated on each export; base_path is the path inside the serving "
+                        "container.\n")
+
+
+def models_config(entries: Sequence[tuple[str, str]]) -> model_server_config_pb2.ModelServerConfig:
+    """TensorFlow Serving's ModelServerConfig for (name, base_path) pairs."""
+    config = model_server_config_pb2.ModelServerConfig()
     for name, base_path in entries:
-        lines.append(f"  config {{ name: '{name}' base_path: '{base_path}' "
-                     f"model_platform: 'tensorflow' }}")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+        config.model_config_list.config.add(name=name, base_path=base_path,
+                                            model_platform="tensorflow")
+    return config
+
+
+def models_config_text(entries: Sequence[tuple[str, str]]) -> str:
+    """:func:`models_config` in protobuf's text format (what ``--model_config_file`` reads)."""
+    return MODELS_CONFIG_HEADER + text_format.MessageToString(models_config(entries))
 
 
 def exported_models(models_dir: str) -> list[str]:
@@ -502,7 +487,7 @@ def write_models_config(models_dir: str,
 def export_model(model_dir: str, export_dir: Optional[str] = None, version: Optional[int] = None,
                  model=None, warmup_images: Optional[Sequence[ImageSource]] = None, *,
                  serving_base_path: str = DEFAULT_SERVING_BASE_PATH,
-                 write_config: bool = True) -> str:
+                 write_config: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Exports the run in ``model_dir`` as ``export_dir/<version>``; returns that folder's path.
 
     ``model``: the trained Keras model (its weights are exported); None rebuilds it from
@@ -510,6 +495,8 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     ``export_dir``: default ``models/exif_<field>``. ``version``: default the next number there.
     ``warmup_images``: encoded images (bytes) or paths for the warmup requests; default a few
     generated JPEGs. ``write_config``: rewrite ``models.config`` in the export dir's parent.
+    ``max_pixels``: the served model refuses a photo whose header gives more pixels than this
+    (InvalidArgument naming it) before decoding anything; recorded in exif_keras.json.
     Raises ExportError for user errors (missing run, existing version).
     """
     import keras
@@ -522,6 +509,9 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     elif int(version) < 1:
         raise ExportError(f"--version must be a positive integer, got {version}")
     version = int(version)
+    if int(max_pixels) < 1:
+        raise ExportError(f"--max_pixels must be a positive integer, got {max_pixels}")
+    max_pixels = int(max_pixels)
     final = os.path.join(export_dir, str(version))
     if tf.io.gfile.exists(final):
         raise ExportError(f"version {version} already exists: {final} (versions are never "
@@ -540,7 +530,8 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     archive.track(serving_model)
     fn = archive.add_endpoint(
         SIGNATURE_NAME,
-        make_serving_fn(serving_model, heads, config.num_patches, config.patch_size),
+        make_serving_fn(serving_model, heads, config.num_patches, config.patch_size,
+                        max_pixels),
         input_signature=input_signature())
     try:
         expected = fn(tf.constant(images))
@@ -561,6 +552,7 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
                 labels.field_spec(h.field).class_names)) for h in heads],
             "num_patches": config.num_patches,
             "patch_size": config.patch_size,
+            "max_pixels": max_pixels,
             "signature": {"name": SIGNATURE_NAME, "input": INPUT_NAME,
                           "outputs": sorted(expected)},
             "version": version,
@@ -589,7 +581,8 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     return final
 
 
-_NOISE = re.compile(r"^(Graph execution error:|Detected at node |<stack traces unavailable>|\[\[)")
+_NOISE = re.compile(r"^(Graph execution error:|Detected at node |<stack traces unavailable>|\[\[|"
+                    r"File \".*\", line \d+)")   # the last: the traceback of "Detected at node"
 
 
 def first_line(message: str) -> str:
@@ -601,6 +594,7 @@ def first_line(message: str) -> str:
         if not line or _NOISE.match(line):
             continue
         line = re.sub(r"\s*\[\[\{\{.*$|\s*\[Op:[^\]]*\]$", "", line)
+        line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)
         return re.sub(r"^assertion failed: \[(.*)\]$", r"\1", line)
     return (message or "").strip()
 
@@ -633,6 +627,10 @@ _SERVING_BASE_PATH = shared_flag(
     flags.DEFINE_string, "serving_base_path", DEFAULT_SERVING_BASE_PATH,
     "Where the models folder is mounted in the TensorFlow Serving container; models.config's "
     "base_path is <this>/<model name>.")
+_MAX_PIXELS = shared_flag(
+    flags.DEFINE_integer, "max_pixels", DEFAULT_MAX_PIXELS,
+    "The served model refuses a photo whose header gives more pixels (width x height) than this, "
+    "before decoding it (decompression bombs); make_records' default.")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -644,7 +642,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     try:
         path = export_model(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value,
-                            serving_base_path=_SERVING_BASE_PATH.value)
+                            serving_base_path=_SERVING_BASE_PATH.value,
+                            max_pixels=_MAX_PIXELS.value)
     except ExportError as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2

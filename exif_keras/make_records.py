@@ -65,7 +65,8 @@ _EXIF_VARIANT = flags.DEFINE_enum(
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "data/records", "Where shards and manifest go.")
 _MIN_SIDE = flags.DEFINE_integer("min_side", 128, "Skip images whose shorter side is smaller.")
 _MAX_PIXELS = flags.DEFINE_integer(
-    "max_pixels", 64_000_000, "Skip images with more pixels than this (decompression bombs).")
+    "max_pixels", convert.DEFAULT_MAX_PIXELS,
+    "Skip images with more pixels than this (decompression bombs).")
 _SHARD_SIZE = flags.DEFINE_integer(
     "shard_size", 1024, "Target images per shard; the shard count of each split follows from it.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Worker processes of the local runner; 0 = one per "
@@ -206,7 +207,7 @@ class Plan:
 
 def plan_conversion(input_dir: str, output_dir: str, layout: str = "auto",
                     exif_variant: str = "auto", min_side: int = 128,
-                    max_pixels: int = 64_000_000, shard_size: int = 1024,
+                    max_pixels: int = convert.DEFAULT_MAX_PIXELS, shard_size: int = 1024,
                     source_description: Optional[str] = None,
                     include_hidden: bool = False) -> Plan:
     """Lists the source and assigns the shard count of each split (from its candidate count:
@@ -389,7 +390,7 @@ def finish_output(plan: Plan, tally: Tally, token: str, elapsed: float) -> dict:
 # ---------------------------------------------------------------------------------- local runner
 
 def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str = "auto",
-        min_side: int = 128, max_pixels: int = 64_000_000, shard_size: int = 1024,
+        min_side: int = 128, max_pixels: int = convert.DEFAULT_MAX_PIXELS, shard_size: int = 1024,
         workers: int = 0, progress: bool = True, source_description: Optional[str] = None,
         include_hidden: bool = False) -> dict:
     """Converts ``input_dir`` into ``output_dir`` with a local process pool; returns the

@@ -22,7 +22,9 @@ predicted and, when some had EXIF, how many predictions agree with it, per class
 task's classes), then one last line ``{"summary": {...}}``.
 
 A file that cannot be read or decoded is reported on stderr with the reason and skipped; the
-others still run (a batch that fails is retried photo by photo). The exit status is 1 when any
+others still run (a batch that fails is retried photo by photo). A photo whose header gives more
+pixels than the export's ``max_pixels`` (exif_keras.json; the served model refuses it too) is
+skipped the same way, before anything is decoded. The exit status is 1 when any
 path failed, 2 for usage errors (no such model, no PATH).
 """
 
@@ -100,6 +102,11 @@ class Predictor:
         return predictor
 
     @property
+    def max_pixels(self) -> int:
+        """The export's pixel limit (exif_keras.json), else the converter's default."""
+        return int(self.metadata.get("max_pixels", export.DEFAULT_MAX_PIXELS))
+
+    @property
     def heads(self) -> tuple:
         """The model's heads (labels.TaskSpec) from exif_keras.json (older exports: one)."""
         m = self.metadata
@@ -150,6 +157,22 @@ def image_problem(data: bytes) -> Optional[str]:
         return "empty file"
     if not (data.startswith(export.JPEG_MAGIC) or data.startswith(export.PNG_MAGIC)):
         return "not a JPEG or PNG image"
+    return None
+
+
+_image_sizes = tf.function(export.image_sizes,
+                           input_signature=[tf.TensorSpec([None], tf.string)])
+
+
+def pixel_problem(data: bytes, max_pixels: int) -> Optional[str]:
+    """Why a JPEG or PNG is refused for its size (None when it is not): the served model's pixel
+    check on its header, nothing decoded. A header that does not parse is left to the model."""
+    try:
+        height, width = (int(v) for v in _image_sizes(tf.constant([data]))[0].numpy())
+    except tf.errors.InvalidArgumentError:
+        return None
+    if height * width > max_pixels:
+        return export.TOO_MANY_PIXELS.format(width, height, width * height, max_pixels)
     return None
 
 
@@ -240,6 +263,7 @@ def _predict_batch(predictor: Predictor, batch: list[tuple[str, bytes]],
     except tf.errors.InvalidArgumentError as e:
         if len(batch) == 1:
             failed.append((batch[0][0], export.first_line(e.message)
+                           .replace(f"{export.INPUT_NAME}[0] has ", "")
                            .replace(f"{export.INPUT_NAME}[0] ", "")))
             return []
         done = []
@@ -402,46 +426,24 @@ def run(paths: Sequence[str], model: str, version: Optional[int] = None,
     task = predictor.task
     class_names = (list(task.class_names) if task else predictor.metadata.get("class_names"))
 
-    files, failed = find_images(paths)
-    for path, reason in failed:
-        print(f"{path}: {reason}", file=err)
+    failed: list[tuple[str, str]] = []
     results: list[Result] = []
 
-    def report(path, reason):
+    def report(path, reason, skipped=True):
         failed.append((path, reason))
-        print(f"{path}: skipped: {reason}", file=err)
+        print(f"{path}: {'skipped: ' if skipped else ''}{reason}", file=err)
 
-    def flush(batch):
+    for batch in _read_inputs(paths, batch_size, report, predictor.max_pixels):
         batch_failed: list[tuple[str, str]] = []
         for path, data, outputs in _predict_batch(predictor, batch, batch_failed):
             cid = int(outputs[export.OUTPUT_CLASS_IDS])
-            name = outputs[export.OUTPUT_CLASS_NAMES]
-            name = name.decode() if isinstance(name, bytes) else str(name)
             truth = exif_truth(task, read_settings(data)) if task else None
-            result = Result(path, cid, name, outputs[export.OUTPUT_PROBABILITIES].tolist(), truth)
+            result = Result(path, cid, _decode(outputs[export.OUTPUT_CLASS_NAMES]),
+                            outputs[export.OUTPUT_PROBABILITIES].tolist(), truth)
             results.append(result)
             print(_line(result, class_names or [], as_json), file=out, flush=True)
         for path, reason in batch_failed:
             report(path, reason)
-
-    batch: list[tuple[str, bytes]] = []
-    for path in files:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            report(path, f"cannot read: {e.strerror or e}")
-            continue
-        problem = image_problem(data)
-        if problem:
-            report(path, problem)
-            continue
-        batch.append((path, data))
-        if len(batch) >= batch_size:
-            flush(batch)
-            batch = []
-    if batch:
-        flush(batch)
 
     summary = summarize(results, failed, class_names or [])
     if as_json:
@@ -451,8 +453,9 @@ def run(paths: Sequence[str], model: str, version: Optional[int] = None,
     return 1 if failed else 0
 
 
-def _read_inputs(paths: Sequence[str], batch_size: int, report):
-    """Batches [(path, bytes)] of the readable images under ``paths``; the others reported."""
+def _read_inputs(paths: Sequence[str], batch_size: int, report, max_pixels: int):
+    """Batches [(path, bytes)] of the readable images under ``paths`` (within the export's pixel
+    limit, read from the headers); the others reported."""
     files, missing = find_images(paths)
     for path, reason in missing:
         report(path, reason, skipped=False)
@@ -464,7 +467,7 @@ def _read_inputs(paths: Sequence[str], batch_size: int, report):
         except OSError as e:
             report(path, f"cannot read: {e.strerror or e}")
             continue
-        problem = image_problem(data)
+        problem = image_problem(data) or pixel_problem(data, max_pixels)
         if problem:
             report(path, problem)
             continue
@@ -488,7 +491,7 @@ def _run_estimates(predictor: Predictor, paths, batch_size, as_json, out, err) -
         failed.append((path, reason))
         print(f"{path}: {'skipped: ' if skipped else ''}{reason}", file=err)
 
-    for batch in _read_inputs(paths, batch_size, report):
+    for batch in _read_inputs(paths, batch_size, report, predictor.max_pixels):
         batch_failed: list[tuple[str, str]] = []
         for path, data, outputs in _predict_batch(predictor, batch, batch_failed):
             estimate = estimate_of(outputs, fields)

@@ -7,6 +7,7 @@ tiny "scratch" model) is written here; nothing is trained and nothing is downloa
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -21,10 +22,13 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 from PIL import Image
-from tensorflow.core.framework import tensor_pb2
+from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
-from exif_keras import dataset, export, labels
+from exif_keras import convert, dataset, export, labels
+from image_bombs import jpeg_header_bomb, png_header_bomb
 from exif_keras import model as model_lib
 
 K, P = 2, 32   # patches per image, patch size: tiny keeps the tests fast
@@ -187,6 +191,7 @@ def test_version_folder_layout(exported, models_dir):
     assert head["class_names"] == list(task.class_names)
     assert head["fine_to_target"] == list(task.fine_to_target)
     assert (meta["num_patches"], meta["patch_size"]) == (K, P)
+    assert meta["max_pixels"] == convert.DEFAULT_MAX_PIXELS == 64_000_000
     assert meta["model_name"] == "exif_shutter" and meta["version"] == 1
 
 
@@ -294,6 +299,47 @@ def test_corrupt_bytes_fail_the_request_then_the_next_one_is_served(signature):
     np.testing.assert_array_equal(after["probabilities"], before["probabilities"])
 
 
+def test_header_sizes_without_decoding():
+    images = [encode(textured(30, 70, 10)), encode(textured(45, 20, 11), "PNG"),
+              jpeg_header_bomb(24000, 18000), png_header_bomb(30000, 20000), b"\x89PNG\r\n"]
+    np.testing.assert_array_equal(export.image_sizes(tf.constant(images)).numpy(),
+                                  [[30, 70], [45, 20], [18000, 24000], [20000, 30000], [0, 0]])
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_header_only_bomb_is_refused_then_the_next_request_is_served(signature, fmt):
+    good = encode(textured(80, 120, 12))
+    before = serve(signature, [good])
+    bomb = jpeg_header_bomb(24000, 18000) if fmt == "JPEG" else png_header_bomb(24000, 18000)
+    assert len(bomb) < 1000
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        serve(signature, [good, bomb])
+    assert export.first_line(info.value.message) == (
+        "image_bytes[1] has 24000x18000 = 432000000 pixels, over the limit of 64000000 pixels "
+        "(export --max_pixels)")
+    np.testing.assert_array_equal(serve(signature, [good])["probabilities"],
+                                  before["probabilities"])
+
+
+def test_max_pixels_is_an_export_setting(tmp_path, run_dir, keras_model):
+    path = export.export_model(run_dir, str(tmp_path / "exif_shutter"), model=keras_model,
+                               write_config=False, max_pixels=50 * 100)
+    with open(os.path.join(path, "assets.extra", "exif_keras.json")) as f:
+        assert json.load(f)["max_pixels"] == 5000
+    signature = tf.saved_model.load(path).signatures["serving_default"]
+    at_limit, landscape = encode(textured(50, 100, 13)), encode(textured(50, 101, 14), "PNG")
+    np.testing.assert_allclose(serve(signature, [at_limit])["probabilities"][0],
+                               keras_probabilities(keras_model, at_limit), rtol=1e-5, atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        serve(signature, [at_limit, at_limit, landscape])
+    assert export.first_line(info.value.message) == (
+        "image_bytes[2] has 101x50 = 5050 pixels, over the limit of 5000 pixels "
+        "(export --max_pixels)")
+    with pytest.raises(export.ExportError, match="max_pixels must be a positive"):
+        export.export_model(run_dir, str(tmp_path / "exif_shutter"), model=keras_model,
+                            write_config=False, max_pixels=0)
+
+
 def test_no_python_ops_in_the_graph(exported):
     saved = saved_model_pb2.SavedModel()
     with open(os.path.join(exported, "saved_model.pb"), "rb") as f:
@@ -304,23 +350,17 @@ def test_no_python_ops_in_the_graph(exported):
         for function in meta_graph.graph_def.library.function:
             ops |= {node.op for node in function.node_def}
     assert not ops & PY_OPS, sorted(ops & PY_OPS)
-    assert {"DecodeJpeg", "DecodeImage", "Assert"} <= ops   # the preprocessing is in the graph
+    # the preprocessing is in the graph, with the header check
+    assert {"DecodeJpeg", "DecodeImage", "Assert", "ExtractJpegShape", "DecodeRaw"} <= ops
 
 
 def _parse_models_config(text: str) -> list[dict]:
-    """models.config -> [{name, base_path, model_platform}] with a small parser of exactly the
-    shape export writes (TensorFlow Serving's own schema: test_models_config_schema)."""
-    body = re.fullmatch(r"\s*model_config_list\s*\{(.*)\}\s*", re.sub(r"#[^\n]*", "", text),
-                        re.S)
-    assert body, text
-    entries = re.findall(r"config\s*\{([^{}]*)\}", body.group(1))
-    assert re.sub(r"config\s*\{[^{}]*\}", "", body.group(1)).strip() == ""
-    out = []
-    for entry in entries:
-        fields = dict(re.findall(r"(\w+)\s*:\s*'([^']*)'", entry))
-        assert re.sub(r"(\w+)\s*:\s*'([^']*)'", "", entry).strip() == "", entry
-        out.append(fields)
-    return out
+    """models.config parsed by protobuf's text format into TensorFlow Serving's own schema ->
+    [{name, base_path, model_platform}]."""
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    assert config.WhichOneof("config") == "model_config_list"
+    return [{"name": c.name, "base_path": c.base_path, "model_platform": c.model_platform}
+            for c in config.model_config_list.config]
 
 
 def test_versions_and_models_config(run_dir, models_dir, exported):
@@ -356,115 +396,41 @@ def test_versions_and_models_config(run_dir, models_dir, exported):
 
 def test_models_config_schema(tmp_path, exported):
     """models.config parsed by protobuf's text format into TensorFlow Serving's own schema."""
-    try:
-        from google.protobuf import text_format
-        from tensorflow_serving.config import model_server_config_pb2
-    except ImportError:
-        pytest.skip("tensorflow-serving-api (pip install -e .[serving]) is not installed; "
-                    "models.config is checked by the small parser of "
-                    "test_versions_and_models_config")
     shutil.copytree(exported, str(tmp_path / "exif_iso" / "1"))
     with open(export.write_models_config(str(tmp_path))) as f:
-        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+        text = f.read()
+    assert text.startswith("# Written by exif_keras.export")
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     (entry,) = config.model_config_list.config
     assert (entry.name, entry.base_path, entry.model_platform) == (
         "exif_iso", "/models/exif_iso", "tensorflow")
-
-
-def _prediction_log_class():
-    """PredictionLog: tensorflow-serving-api's when installed, else built here from the field
-    numbers of tensorflow_serving/apis/{prediction_log,predict,model}.proto, so that protobuf's
-    own parser (not export's decoder) checks the hand-written encoding."""
-    try:
-        from tensorflow_serving.apis import prediction_log_pb2
-        return prediction_log_pb2.PredictionLog
-    except ImportError:
-        pass
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    pool = descriptor_pool.DescriptorPool()
-    for module in (tensor_pb2,):  # tensor.proto and its dependencies
-        _add_file(pool, module.DESCRIPTOR)
-    f = descriptor_pb2.FileDescriptorProto(name="exif_keras_test/prediction_log.proto",
-                                           package="exif_keras_test", syntax="proto3")
-    f.dependency.append(tensor_pb2.DESCRIPTOR.name)
-    T = descriptor_pb2.FieldDescriptorProto
-
-    def message(name, *fields):
-        m = f.message_type.add(name=name)
-        for number, field_name, kind, type_name in fields:
-            extra = {"type_name": type_name} if type_name else {}
-            m.field.add(name=field_name, number=number, label=T.LABEL_OPTIONAL, type=kind,
-                        **extra)
-        return m
-
-    message("ModelSpec", (1, "name", T.TYPE_STRING, None),
-            (3, "signature_name", T.TYPE_STRING, None))
-    request = message("PredictRequest", (1, "model_spec", T.TYPE_MESSAGE,
-                                         ".exif_keras_test.ModelSpec"))
-    entry = request.nested_type.add(name="InputsEntry")
-    entry.options.map_entry = True
-    entry.field.add(name="key", number=1, label=T.LABEL_OPTIONAL, type=T.TYPE_STRING)
-    entry.field.add(name="value", number=2, label=T.LABEL_OPTIONAL, type=T.TYPE_MESSAGE,
-                    type_name=".tensorflow.TensorProto")
-    request.field.add(name="inputs", number=2, label=T.LABEL_REPEATED, type=T.TYPE_MESSAGE,
-                      type_name=".exif_keras_test.PredictRequest.InputsEntry")
-    message("PredictLog", (1, "request", T.TYPE_MESSAGE, ".exif_keras_test.PredictRequest"))
-    message("PredictionLog", (6, "predict_log", T.TYPE_MESSAGE, ".exif_keras_test.PredictLog"))
-    pool.Add(f)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(
-        "exif_keras_test.PredictionLog"))
-
-
-def _add_file(pool, file_descriptor):
-    for dependency in file_descriptor.dependencies:
-        _add_file(pool, dependency)
-    try:
-        pool.FindFileByName(file_descriptor.name)
-    except KeyError:
-        from google.protobuf import descriptor_pb2
-
-        proto = descriptor_pb2.FileDescriptorProto()
-        file_descriptor.CopyToProto(proto)
-        pool.Add(proto)
+    assert text_format.Parse(export.models_config_text([]),
+                             model_server_config_pb2.ModelServerConfig()).model_config_list \
+        .config == []
 
 
 def test_warmup_requests(exported, signature):
+    """The warmup file: TFRecords that TensorFlow Serving's PredictionLog parses, each a predict
+    request for this model's signature that the model serves."""
     path = os.path.join(exported, "assets.extra", "tf_serving_warmup_requests")
     records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
     assert 2 <= len(records) <= 1000            # TensorFlow Serving reads at most 1000
-    decoded = export.read_warmup(path)
-    prediction_log = _prediction_log_class()
     sizes = []
-    for record, request in zip(records, decoded):
-        assert request["model_name"] == "exif_shutter"
-        assert request["signature_name"] == "serving_default"
-        assert list(request["inputs"]) == ["image_bytes"]
-        tensor = request["inputs"]["image_bytes"]
+    for record in records:
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        assert (request.model_spec.name, request.model_spec.signature_name) == (
+            "exif_shutter", "serving_default")
+        assert list(request.inputs) == ["image_bytes"]
+        tensor = request.inputs["image_bytes"]
         assert tensor.dtype == tf.string.as_datatype_enum
         images = list(tf.make_ndarray(tensor))
         sizes.append(len(images))
         assert all(image.startswith(export.JPEG_MAGIC) for image in images)
         assert serve(signature, images)["probabilities"].shape == (len(images), 2)
-        # protobuf's own parser reads the same request
-        log = prediction_log.FromString(record)
-        req = log.predict_log.request
-        assert (req.model_spec.name, req.model_spec.signature_name) == (
-            "exif_shutter", "serving_default")
-        assert list(tf.make_ndarray(req.inputs["image_bytes"])) == images
-        assert log.SerializeToString() == record   # the encoding is canonical
     assert sizes == [1, 1, 1, 3]
-
-
-def test_prediction_log_codec_round_trip():
-    tensor = tf.make_tensor_proto([b"\xff\xd8\xffabc", b"x" * 300], dtype=tf.string, shape=[2])
-    record = export.encode_prediction_log("m", {"image_bytes": tensor.SerializeToString()})
-    back = export.decode_prediction_log(record)
-    assert back["model_name"] == "m" and back["signature_name"] == "serving_default"
-    assert list(tf.make_ndarray(back["inputs"]["image_bytes"])) == [b"\xff\xd8\xffabc",
-                                                                    b"x" * 300]
-    with pytest.raises(ValueError):
-        export.decode_prediction_log(b"\x0a\x00")
+    assert [log.SerializeToString() for log in export.read_warmup(path)] == records
 
 
 def test_export_of_a_given_model_and_warmup_images(tmp_path, run_dir, keras_model):
@@ -477,8 +443,8 @@ def test_export_of_a_given_model_and_warmup_images(tmp_path, run_dir, keras_mode
     assert path.endswith(os.path.join("exif_shutter", "5"))
     assert not (tmp_path / "m" / "models.config").exists()
     records = export.read_warmup(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
-    assert [list(tf.make_ndarray(r["inputs"]["image_bytes"])) for r in records] == [
-        [photo], [photo], [photo, photo]]
+    assert [list(tf.make_ndarray(r.predict_log.request.inputs["image_bytes"]))
+            for r in records] == [[photo], [photo], [photo, photo]]
     with pytest.raises(export.ExportError, match="warmup image"):
         export.export_model(run_dir, str(tmp_path / "m" / "exif_shutter"), model=keras_model,
                             warmup_images=[b"nope"], write_config=False)
@@ -508,3 +474,128 @@ def test_cli_errors_without_traceback(tmp_path, run_dir, exported, models_dir, c
     model_lib.save_config(tiny_config(), str(half))
     assert _run_main(["export", f"--model_dir={half}"]) == 2
     assert "run_config.json, best.weights.h5" in capsys.readouterr().err
+    limited = str(tmp_path / "limited" / "exif_shutter")
+    assert _run_main(["export", f"--model_dir={run_dir}", f"--export_dir={limited}",
+                      "--max_pixels=0"]) == 2
+    assert "--max_pixels must be a positive integer, got 0" in capsys.readouterr().err
+    assert _run_main(["export", f"--model_dir={run_dir}", f"--export_dir={limited}",
+                      "--max_pixels=1000"]) == 2   # under the generated warmup images' 64x48
+    assert ("a warmup image cannot be served: image_bytes[0] has 64x48 = 3072 pixels, over the "
+            "limit of 1000 pixels" in capsys.readouterr().err)
+    assert _run_main(["export", f"--model_dir={run_dir}", f"--export_dir={limited}",
+                      "--max_pixels=5000"]) == 0
+    with open(os.path.join(limited, "1", "assets.extra", "exif_keras.json")) as f:
+        assert json.load(f)["max_pixels"] == 5000
+
+
+# ------------------------------------------------------- exports of trained and vgg16 models
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """A few sample images converted to records, as in tests/test_train.py."""
+    from exif_keras import make_records, sample
+
+    root = tmp_path_factory.mktemp("train_data")
+    sample.generate_sample(str(root / "sample"), count=32, seed=3, workers=1, progress=False)
+    make_records.run(str(root / "sample"), str(root / "records"), workers=1, progress=False)
+    return root / "records"
+
+
+@pytest.fixture
+def float32_afterwards():
+    """Training sets the global dtype policy (mixed_float16 with --mixed_precision=on)."""
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def train_config(records, tmp_path, **overrides):
+    from exif_keras import train
+
+    base = dict(field=FIELD, task=TASK, data_dir=str(records), model_dir=str(tmp_path / "run"),
+                epochs=1, batch_size=8, num_patches=K, patch_size=P, backbone="scratch",
+                trunk_layer="block1_pool", scratch_width_divisor=16, filters=4, verbose=0,
+                eval_train=False, seed=1, export=True,
+                export_dir=str(tmp_path / "models" / "exif_shutter"))
+    base.update(overrides)
+    return train.TrainConfig(**base)
+
+
+def model_of_run(model_dir: str) -> keras.Model:
+    """The run's model as evaluation sees it: its config, its best weights, this dtype policy."""
+    model = model_lib.build_model(model_lib.load_config(model_dir))
+    model.load_weights(os.path.join(model_dir, export.BEST_WEIGHTS))
+    return model
+
+
+TEST_PHOTOS = [encode(textured(90, 130, 20)), encode(textured(130, 90, 21), "PNG"),
+               encode(textured(20, 12, 22))]
+
+
+def test_training_exports_its_best_model_at_the_end(records, tmp_path, float32_afterwards):
+    from exif_keras import train
+
+    metrics = train.train(train_config(records, tmp_path))
+    path = metrics["export_path"]
+    assert path == str(tmp_path / "models" / "exif_shutter" / "1")
+    with open(tmp_path / "run" / train.METRICS) as f:
+        assert json.load(f)["export_path"] == path
+    with open(os.path.join(path, "assets.extra", "exif_keras.json")) as f:
+        meta = json.load(f)
+    assert meta["source_model_dir"] == str(tmp_path / "run")
+    assert (meta["heads"][0]["field"], meta["num_patches"], meta["patch_size"]) == (FIELD, K, P)
+    with open(tmp_path / "models" / "models.config") as f:
+        assert [e["name"] for e in _parse_models_config(f.read())] == ["exif_shutter"]
+    served = serve(tf.saved_model.load(path).signatures["serving_default"], TEST_PHOTOS)
+    model = model_of_run(str(tmp_path / "run"))
+    np.testing.assert_allclose(served["probabilities"],
+                               [keras_probabilities(model, p) for p in TEST_PHOTOS],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_export_of_a_mixed_precision_run_serves_float32(records, tmp_path, float32_afterwards):
+    from exif_keras import train
+
+    metrics = train.train(train_config(records, tmp_path, mixed_precision="on"))
+    assert metrics["mixed_precision"] is True
+    signature = tf.saved_model.load(metrics["export_path"]).signatures["serving_default"]
+    assert signature.structured_outputs["probabilities"].dtype == tf.float32
+    served = serve(signature, TEST_PHOTOS)
+    assert served["probabilities"].dtype == np.float32
+
+    mixed = model_of_run(str(tmp_path / "run"))   # the policy training left: mixed_float16
+    assert mixed.get_layer("per_patch").compute_dtype == "float16"
+    in_process = np.stack([keras_probabilities(mixed, p) for p in TEST_PHOTOS])
+    np.testing.assert_allclose(served["probabilities"], in_process, atol=1e-2)
+    # The export computes in float32: exactly the float32 model with the trained weights.
+    keras.config.set_dtype_policy("float32")
+    full = model_of_run(str(tmp_path / "run"))
+    np.testing.assert_allclose(served["probabilities"],
+                               [keras_probabilities(full, p) for p in TEST_PHOTOS],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_export_of_a_vgg16_backbone(tmp_path):
+    """A vgg16 run's model_config.json names the backbone's initial weights (ImageNet, or a file
+    on the training machine, missing here); the export rebuilds the model without them (the run's
+    own weights replace them) and serves what the trained model computes."""
+    config = model_lib.ModelConfig(heads=(model_lib.HeadConfig(FIELD, 2),), num_patches=K,
+                                   patch_size=P, backbone="vgg16",
+                                   trunk_layer="block2_pool", backbone_weights=None,
+                                   dense_units=8, filters=4)
+    keras.utils.set_random_seed(4)
+    model = model_lib.build_model(config)
+    run_dir = str(tmp_path / "run")
+    make_run(run_dir)   # run_config.json and the like, then the vgg16 model over them
+    elsewhere = str(tmp_path / "elsewhere" / "vgg16_notop.h5")
+    model_lib.save_config(dataclasses.replace(config, backbone_weights=elsewhere), run_dir)
+    model.save_weights(os.path.join(run_dir, export.BEST_WEIGHTS))
+
+    path = export.export_model(run_dir, str(tmp_path / "models" / "exif_shutter"))
+    with open(os.path.join(path, "assets.extra", "exif_keras.json")) as f:
+        meta = json.load(f)
+    assert (meta["model_config"]["backbone"], meta["model_config"]["trunk_layer"]) == (
+        "vgg16", "block2_pool")
+    served = serve(tf.saved_model.load(path).signatures["serving_default"], TEST_PHOTOS)
+    np.testing.assert_allclose(served["probabilities"],
+                               [keras_probabilities(model, p) for p in TEST_PHOTOS],
+                               rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ from PIL import Image, TiffImagePlugin
 
 from exif_keras import export, labels, predict
 from exif_keras import model as model_lib
+from image_bombs import jpeg_header_bomb, png_header_bomb
 
 K, P = 2, 32
 FIELD, TASK = "shutter", "binary"
@@ -184,6 +185,41 @@ def test_usage_errors(model_path, photos, tmp_path, capsys):
     assert good[0] in out and "missing.jpg: no such file or folder" in err
     version_dir = os.path.join(model_path, "1")   # a version folder works as --model too
     assert run_main(["predict", f"--model={version_dir}", good[0]]) == 0
+
+
+def test_decompression_bombs_are_skipped_with_the_reason(model_path, tmp_path, capsys):
+    jpeg_bomb, png_bomb = jpeg_header_bomb(24000, 18000), png_header_bomb(20000, 30000)
+    (tmp_path / "a.jpg").write_bytes(photo(60, 90, 6))
+    (tmp_path / "b_bomb.jpg").write_bytes(jpeg_bomb)
+    (tmp_path / "c_bomb.png").write_bytes(png_bomb)
+    (tmp_path / "d.png").write_bytes(photo(40, 70, 7, fmt="PNG"))
+    assert run_main(["predict", f"--model={model_path}", "--json", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [os.path.basename(r["path"]) for r in rows[:-1]] == ["a.jpg", "d.png"]
+    assert (rows[-1]["summary"]["photos"], rows[-1]["summary"]["failed"]) == (2, 2)
+    assert (f"b_bomb.jpg: skipped: 24000x18000 = 432000000 pixels, over the limit of 64000000 "
+            f"pixels (export --max_pixels)") in err
+    assert "c_bomb.png: skipped: 20000x30000 = 600000000 pixels, over the limit" in err
+
+
+def test_the_pixel_limit_is_the_exports(tmp_path, capsys):
+    """predict reads max_pixels from exif_keras.json and refuses by the header, before the model
+    (whose own refusal reads "image_bytes[0] has ...")."""
+    run_dir = str(tmp_path / "run")
+    os.makedirs(run_dir)
+    make_run(run_dir)
+    model = export.export_model(run_dir, str(tmp_path / "exif_shutter"), write_config=False,
+                                max_pixels=60 * 90)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "a_at_limit.jpg").write_bytes(photo(60, 90, 8))
+    (tmp_path / "p" / "b_over.png").write_bytes(photo(61, 90, 9, fmt="PNG"))
+    assert predict.Predictor.load(model).max_pixels == 5400
+    assert run_main(["predict", f"--model={model}", str(tmp_path / "p")]) == 1
+    out, err = capsys.readouterr()
+    assert "a_at_limit.jpg  " in out and "b_over.png" not in out
+    assert err.strip().endswith("b_over.png: skipped: 90x61 = 5490 pixels, over the limit of 5400 "
+                                "pixels (export --max_pixels)")
 
 
 def test_real_exif_corpus(model_path, capsys):
