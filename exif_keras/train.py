@@ -587,6 +587,28 @@ def _export(config: TrainConfig, model_dir: str, model=None) -> str:
     return export.export_model(model_dir, export_dir, model=model)
 
 
+# Flags that do not change what a run computes: a run may be resumed or re-exported with others.
+_RUN_INDEPENDENT = ("model_dir", "verbose", "export", "export_dir", "retrain", "verify_records",
+                    "eval_train")
+
+
+def _check_same_run(config: TrainConfig, model_dir: str) -> None:
+    """A model_dir that holds a run (in progress or finished) with other flags is an error, not a
+    silent mix of two configurations."""
+    saved = (_read_json(os.path.join(model_dir, RUN_CONFIG)) or {}).get("train")
+    if not saved or not (os.path.exists(os.path.join(model_dir, FIT_COMPLETE))
+                         or os.path.isdir(os.path.join(model_dir, BACKUP_DIR))):
+        return
+    now = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = sorted(k for k in now if k not in _RUN_INDEPENDENT and k in saved
+                     and saved[k] != now[k])
+    if changed:
+        raise TrainError(
+            f"{model_dir} holds a run with other flags ("
+            + ", ".join(f"--{k}: {saved[k]} there, {now[k]} now" for k in changed)
+            + "); pass --retrain to start it over with these, or another --model_dir")
+
+
 def _finished(config: TrainConfig, model_dir: str) -> Optional[dict]:
     """The metrics of a finished run in model_dir (exporting it if it has no export yet)."""
     metrics = _read_json(os.path.join(model_dir, METRICS))
@@ -614,6 +636,7 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     model_dir = config.resolved_model_dir()
     if config.retrain:
         _start_over(model_dir)
+    _check_same_run(config, model_dir)
     finished = _finished(config, model_dir)
     if finished is not None:
         return finished

@@ -243,6 +243,9 @@ def test_killed_after_fit_goes_straight_to_evaluation_and_a_finished_run_is_not_
     assert exported["export_path"].endswith("exif_x/1")
     assert train.train(dataclasses.replace(config, export=True, export_dir=str(
         tmp_path / "models" / "exif_x")))["export_path"] == exported["export_path"]
+    # other flags on a finished run: a clear error, not a silent mix
+    with pytest.raises(train.TrainError, match="--epochs: 2 there, 3 now.*--retrain"):
+        train.train(dataclasses.replace(config, epochs=3))
     # --retrain starts over
     retrained = train.train(dataclasses.replace(config, retrain=True), extra_callbacks=[seen])
     assert seen.epochs == [0, 1] and "already_finished" not in retrained
