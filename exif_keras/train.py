@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from exif_keras import dataset as data
+from exif_keras import devices as devices_lib  # [devices]
 from exif_keras import evaluation, labels
 from exif_keras import model as model_lib
 
@@ -61,12 +62,14 @@ _NORMALIZATION = flags.DEFINE_enum(
     "auto: VGG16's preprocessing for vgg16, the dataset's mean/std (manifest) for scratch.")
 _PATCH_MODE = flags.DEFINE_enum("patch_mode", "folded", ["folded", "time_distributed"],
                                 "How patches run through the per-patch network.")
-_MIXED_PRECISION = flags.DEFINE_enum(
-    "mixed_precision", "auto", ["auto", "on", "off"],
-    "auto: mixed_float16 when a GPU is visible, float32 otherwise.")
-_STRATEGY = flags.DEFINE_enum(
-    "strategy", "auto", ["auto", "mirrored", "default"],
-    "auto: MirroredStrategy when several GPUs are visible.")
+_MIXED_PRECISION = flags.DEFINE_enum(  # [devices]
+    "mixed_precision", "auto", list(devices_lib.PRECISIONS),
+    "off: float32; float16 (alias on): mixed_float16; bfloat16: mixed_bfloat16; auto: bfloat16 "
+    "on TPUs and GPUs of compute capability 8.0+, float16 on older GPUs, float32 on CPUs.")
+_STRATEGY = flags.DEFINE_enum(  # [devices]
+    "strategy", "auto", list(devices_lib.STRATEGIES),
+    "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG; mirrored: MirroredStrategy; auto: "
+    "multi_worker when TF_CONFIG names several tasks, mirrored with several GPUs, else none.")
 _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical_cpus", 0, "Split the CPU into this many logical devices (to run MirroredStrategy "
     "without GPUs); 0 leaves it whole.")
@@ -151,30 +154,12 @@ CONFUSION_PNG = "confusion_matrix.png"
 LOG_DIR = "logs"
 
 
-def _configure_devices(config: TrainConfig):
-    """Logical CPUs, mixed precision and the distribution strategy, before any model is built."""
-    if config.logical_cpus > 1:
-        cpus = tf.config.list_physical_devices("CPU")
-        try:
-            tf.config.set_logical_device_configuration(
-                cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.logical_cpus)
-        except RuntimeError as e:
-            raise TrainError(f"--logical_cpus must be set before TensorFlow starts: {e}") from e
-    gpus = tf.config.list_physical_devices("GPU")
-    mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpus)
-    keras.config.set_dtype_policy("mixed_float16" if mixed else "float32")
-    if config.strategy == "mirrored" or (config.strategy == "auto" and len(gpus) > 1):
-        if gpus:
-            strategy = tf.distribute.MirroredStrategy()
-        else:
-            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-            strategy = tf.distribute.MirroredStrategy(devices)
-    else:
-        strategy = tf.distribute.get_strategy()
-    logging.info("Devices: %d GPU(s); dtype policy %s; strategy %s with %d replica(s)",
-                 len(gpus), keras.config.dtype_policy().name, type(strategy).__name__,
-                 strategy.num_replicas_in_sync)
-    return strategy, bool(mixed)
+def _configure_devices(config: TrainConfig) -> devices_lib.Devices:  # [devices]
+    """Logical CPUs, dtype policy and distribution strategy, before any model is built."""
+    try:
+        return devices_lib.setup(config.mixed_precision, config.strategy, config.logical_cpus)
+    except devices_lib.DeviceError as e:
+        raise TrainError(str(e)) from e
 
 
 def _best_so_far(csv_path: str) -> Optional[float]:
@@ -270,7 +255,10 @@ def train(config: TrainConfig) -> dict:
         logging.warning("No validation example for this task: the best checkpoint is the last.")
 
     keras.utils.set_random_seed(config.seed)
-    strategy, mixed = _configure_devices(config)
+    dev = _configure_devices(config)  # [devices]
+    strategy, mixed = dev.strategy, dev.mixed
+    multi_worker = devices_lib.is_multi_worker(strategy)  # [devices]
+    out_dir = dev.write_dir(model_dir)  # [devices] the chief writes model_dir, others a temp dir
     mean, std = data.dataset_mean_std(manifest)
     try:
         model_config = _model_config(config, task, mean, std)
@@ -278,11 +266,11 @@ def train(config: TrainConfig) -> dict:
         raise TrainError(str(e)) from e
 
 
-    os.makedirs(model_dir, exist_ok=True)
-    model_lib.save_config(model_config, model_dir)
-    with open(os.path.join(model_dir, RUN_CONFIG), "w") as f:
+    os.makedirs(out_dir, exist_ok=True)  # [devices] out_dir
+    model_lib.save_config(model_config, out_dir)
+    with open(os.path.join(out_dir, RUN_CONFIG), "w") as f:
         json.dump({"train": dataclasses.asdict(config), "task": task.to_json(),
-                   "mixed_precision": mixed,
+                   "mixed_precision": mixed, "dtype_policy": dev.policy,  # [devices]
                    "data_manifest": os.path.abspath(os.path.join(config.data_dir, "manifest.json"))},
                   f, indent=2)
 
@@ -291,12 +279,16 @@ def train(config: TrainConfig) -> dict:
     # time) and so does the per-epoch validation; the final evaluation sees every image.
     drop_last = strategy.num_replicas_in_sync > 1
 
-    def make(split, training, in_fit=False):
+    def make(split, training, in_fit=False, batch_size=None, shard=None):  # [devices] 2 args
         drop = drop_last and in_fit
         ds = data.make_dataset(
-            config.data_dir, split, config.field, config.task, batch_size=config.batch_size,
+            config.data_dir, split, config.field, config.task,
+            batch_size=batch_size or config.batch_size,  # [devices]
             num_patches=config.num_patches, patch_size=config.patch_size, is_training=training,
-            seed=config.seed, shuffle_buffer=config.shuffle_buffer, drop_remainder=drop)
+            seed=config.seed, shuffle_buffer=config.shuffle_buffer, drop_remainder=drop,
+            shard=shard)  # [devices]
+        if multi_worker and in_fit and training:  # [devices] this worker's shards, repeated
+            return ds.repeat()
         # The manifest knows the batch count: Keras then shows a true progress bar and does not
         # warn that the input "ran out of data" at the end of every epoch.
         batches = (counts[split] // config.batch_size if drop
@@ -304,12 +296,16 @@ def train(config: TrainConfig) -> dict:
         return ds.apply(tf.data.experimental.assert_cardinality(batches))
 
     try:
-        train_ds = make("train", True, in_fit=True)
-    except ValueError as e:  # no shards for the split
+        # [devices] multi-worker: each worker reads its own shards (devices.py)
+        train_ds = dev.distribute_training_data(
+            lambda batch_size, shard: make("train", True, True, batch_size, shard),
+            config.batch_size)
+    except (ValueError, devices_lib.DeviceError) as e:  # no shards for the split
         raise TrainError(str(e)) from e
     val_ds = make("validation", False, in_fit=True) if counts["validation"] else None
     if val_ds is not None and drop_last and counts["validation"] < config.batch_size:
         val_ds = None  # not one whole batch to validate on
+    val_ds = dev.distribute_validation_data(val_ds)  # [devices]
 
     with strategy.scope():
         try:
@@ -321,9 +317,9 @@ def train(config: TrainConfig) -> dict:
     if config.verbose:
         model.summary(print_fn=lambda line, *a, **k: logging.info("%s", line))
 
-    csv_path = os.path.join(model_dir, CSV_LOG)
-    backup_dir = os.path.join(model_dir, BACKUP_DIR)
-    best_path = os.path.join(model_dir, BEST_WEIGHTS)
+    csv_path = os.path.join(out_dir, CSV_LOG)  # [devices] out_dir
+    backup_dir = os.path.join(model_dir, BACKUP_DIR)  # the chief's: every worker resumes from it
+    best_path = os.path.join(out_dir, BEST_WEIGHTS)  # [devices] out_dir
     completed = _backup_epoch(backup_dir)
     if completed:
         logging.info("Resuming after epoch %d from %s", completed, backup_dir)
@@ -331,21 +327,23 @@ def train(config: TrainConfig) -> dict:
     elif os.path.exists(csv_path):
         os.remove(csv_path)  # a finished or fresh run starts a new log
     monitor = "val_accuracy" if val_ds is not None else "accuracy"
-    best = _best_so_far(csv_path) if completed else None
+    best = _best_so_far(os.path.join(model_dir, CSV_LOG)) if completed else None  # [devices]
     callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
-                                         delete_checkpoint=True),
+        devices_lib.BackupAndRestore(backup_dir, os.path.join(out_dir, BACKUP_DIR),  # [devices]
+                                     double_checkpoint=True, delete_checkpoint=True),
         keras.callbacks.ModelCheckpoint(best_path, monitor=monitor, mode="max",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best),
         keras.callbacks.CSVLogger(csv_path, append=True),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, LOG_DIR)),
+        keras.callbacks.TensorBoard(os.path.join(out_dir, LOG_DIR)),  # [devices] out_dir
     ]
     if val_ds is not None:
         callbacks.append(ConfusionMatrixLogger(val_ds, task.class_names,
-                                               os.path.join(model_dir, LOG_DIR)))
+                                               os.path.join(out_dir, LOG_DIR)))  # [devices]
     steps = config.steps_per_epoch or None
-    fit_train = train_ds.repeat() if steps else train_ds
+    if multi_worker:  # [devices] every worker runs the same number of steps (collective ops)
+        steps = steps or max(1, counts["train"] // config.batch_size)
+    fit_train = train_ds.repeat() if steps and not multi_worker else train_ds  # [devices]
     model.fit(fit_train, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
               callbacks=callbacks, verbose=config.verbose, shuffle=False)
 
@@ -380,8 +378,8 @@ def train(config: TrainConfig) -> dict:
         image = evaluation.render_confusion_matrix(
             np.array(test["confusion_matrix"]), task.class_names,
             f"{config.field} ({config.task}), test split")
-        evaluation.save_png(image, os.path.join(model_dir, CONFUSION_PNG))
-        with tf.summary.create_file_writer(os.path.join(model_dir, LOG_DIR, "confusion")).as_default():
+        evaluation.save_png(image, os.path.join(out_dir, CONFUSION_PNG))  # [devices] out_dir
+        with tf.summary.create_file_writer(os.path.join(out_dir, LOG_DIR, "confusion")).as_default():
             tf.summary.image("confusion_matrix/test", image[None], step=config.epochs)
 
     metrics = {
@@ -401,7 +399,9 @@ def train(config: TrainConfig) -> dict:
         "best_epoch": best_epoch,
         "wall_seconds": None,  # set below
         "mixed_precision": mixed,
+        "dtype_policy": dev.policy,  # [devices]
         "replicas": strategy.num_replicas_in_sync,
+        "workers": dev.num_workers,  # [devices]
         "backbone": config.backbone,
         "num_patches": config.num_patches,
         "patch_size": config.patch_size,
@@ -411,11 +411,13 @@ def train(config: TrainConfig) -> dict:
         from exif_keras import export
 
         export_dir = config.export_dir or os.path.join("models", f"exif_{config.field}")
-        metrics["export_path"] = export.export_model(model_dir, export_dir, model=model)
+        metrics["export_path"] = export.export_model(  # [devices] write_dir
+            out_dir, dev.write_dir(export_dir), model=model)
 
     metrics["wall_seconds"] = round(time.monotonic() - start, 2)
-    with open(os.path.join(model_dir, METRICS), "w") as f:
+    with open(os.path.join(out_dir, METRICS), "w") as f:  # [devices] out_dir
         json.dump(metrics, f, indent=2)
+    dev.cleanup()  # [devices] a non-chief worker deletes its temporary folders
     return metrics
 
 
