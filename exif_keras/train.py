@@ -346,6 +346,11 @@ def train(config: TrainConfig) -> dict:
     fit_train = train_ds.repeat() if steps and not multi_worker else train_ds  # [devices]
     model.fit(fit_train, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=steps,
               callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    if not dev.chief:  # [devices] no collective op follows fit: the chief alone evaluates, exports
+        dev.cleanup()
+        return {"field": config.field, "task": config.task, "chief": False,
+                "workers": dev.num_workers, "replicas": strategy.num_replicas_in_sync,
+                "dtype_policy": dev.policy, "mixed_precision": mixed}
 
     if os.path.exists(best_path):
         model.load_weights(best_path)
@@ -440,6 +445,10 @@ def main(argv: Sequence[str]) -> None:
     except TrainError as e:
         print(f"train: error: {e}", file=sys.stderr)
         sys.exit(2)
+    if not metrics.get("chief", True):  # [devices]
+        print(f"worker done; the chief writes the metrics and the export "
+              f"({config.resolved_model_dir()})")
+        return
     print(summary(metrics))
     print(f"test accuracy: {metrics['test_accuracy']:.4f}" if metrics["test_accuracy"] is not None
           else "test accuracy: n/a (no test example)")

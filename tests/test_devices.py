@@ -234,6 +234,7 @@ WORKER = textwrap.dedent("""
     config = train.TrainConfig(**json.loads(os.environ["TRAIN_CONFIG"]))
     metrics = train.train(config)
     seen["workers"], seen["replicas"] = metrics["workers"], metrics["replicas"]
+    seen["chief"] = metrics.get("chief", True)
     with open(os.path.join(out, f"seen{index}.json"), "w") as f:
         json.dump(seen, f)
 """)
@@ -305,6 +306,7 @@ def test_two_workers_train_resume_and_only_the_chief_writes(records, tmp_path):
     seen = [json.loads((tmp_path / "second" / f"seen{i}.json").read_text()) for i in (0, 1)]
     assert [s["epochs"] for s in seen] == [[1], [1]]
     assert [s["workers"] for s in seen] == [2, 2] and [s["replicas"] for s in seen] == [2, 2]
+    assert [s["chief"] for s in seen] == [True, False]
     train_shards = [[shard for split, shard in s["shards"] if shard] for s in seen]
     assert train_shards == [[[2, 0]], [[2, 1]]], "each worker reads its own training shards"
 
