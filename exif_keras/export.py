@@ -35,8 +35,11 @@ Decisions:
 * **Keras 3's export path**: ``keras.export.ExportArchive`` with one endpoint named
   ``serving_default`` whose function returns a dict (dict keys become the signature's output
   names). The exported model is a fresh float32 copy of the trained one (same weights): an export
-  does not depend on the training run's dtype policy (mixed_float16) or distribution strategy, and
-  serves at full speed on CPU.
+  does not depend on the training run's dtype policy (mixed_float16, mixed_bfloat16) or
+  distribution strategy, and serves anywhere at full precision. ``--export_precision=bfloat16``
+  (or ``float16``) exports the copy under ``mixed_bfloat16`` (``mixed_float16``) instead, for
+  serving hardware that computes those faster; its inputs and outputs stay the same (float32
+  probabilities), and ``assets.extra/exif_keras.json`` records the precision.
 * **A version appears whole or not at all.** The SavedModel, its assets.extra and a check that the
   written model loads and answers its own warmup requests go into a hidden temporary folder beside
   the version folder (``.tmp-<version>-<random>``; TensorFlow Serving only loads folders named by a
@@ -247,12 +250,20 @@ def input_signature() -> list:
     return [tf.TensorSpec([None], tf.string, name=INPUT_NAME)]
 
 
-def _serving_copy(model, config: model_lib.ModelConfig):
-    """A float32 model built from ``config`` (no weight download) holding ``model``'s weights."""
+EXPORT_PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16",
+                     "float16": "mixed_float16"}  # --export_precision -> Keras dtype policy
+
+
+def _serving_copy(model, config: model_lib.ModelConfig, precision: str = "float32"):
+    """A model built from ``config`` (no weight download) holding ``model``'s weights, computing
+    in ``precision`` (float32 unless asked; variables float32 always)."""
     import keras
 
+    if precision not in EXPORT_PRECISIONS:
+        raise ExportError(f"--export_precision must be one of {', '.join(EXPORT_PRECISIONS)}, "
+                          f"got {precision!r}")
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
+    keras.config.set_dtype_policy(EXPORT_PRECISIONS[precision])
     try:
         copy = model_lib.build_model(dataclasses.replace(config, backbone_weights=None))
     finally:
@@ -464,7 +475,7 @@ def write_models_config(models_dir: str,
 def export_model(model_dir: str, export_dir: Optional[str] = None, version: Optional[int] = None,
                  model=None, warmup_images: Optional[Sequence[ImageSource]] = None, *,
                  serving_base_path: str = DEFAULT_SERVING_BASE_PATH,
-                 write_config: bool = True) -> str:
+                 write_config: bool = True, precision: str = "float32") -> str:
     """Exports the run in ``model_dir`` as ``export_dir/<version>``; returns that folder's path.
 
     ``model``: the trained Keras model (its weights are exported); None rebuilds it from
@@ -472,6 +483,7 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     ``export_dir``: default ``models/exif_<field>``. ``version``: default the next number there.
     ``warmup_images``: encoded images (bytes) or paths for the warmup requests; default a few
     generated JPEGs. ``write_config``: rewrite ``models.config`` in the export dir's parent.
+    ``precision``: the serving model's compute precision (EXPORT_PRECISIONS), float32 by default.
     Raises ExportError for user errors (missing run, existing version).
     """
     import keras
@@ -490,7 +502,7 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
                           f"overwritten; omit --version to write version "
                           f"{next_version(export_dir)})")
 
-    serving_model = _serving_copy(model, config)
+    serving_model = _serving_copy(model, config, precision)
     if model is None:
         try:
             serving_model.load_weights(run.weights_path)
@@ -526,6 +538,7 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
             "fine_class_names": list(labels.field_spec(task.field).class_names),
             "num_patches": config.num_patches,
             "patch_size": config.patch_size,
+            "precision": precision,
             "signature": {"name": SIGNATURE_NAME, "input": INPUT_NAME,
                           "outputs": list(OUTPUT_NAMES)},
             "version": version,
@@ -596,6 +609,10 @@ _SERVING_BASE_PATH = shared_flag(
     flags.DEFINE_string, "serving_base_path", DEFAULT_SERVING_BASE_PATH,
     "Where the models folder is mounted in the TensorFlow Serving container; models.config's "
     "base_path is <this>/<model name>.")
+_EXPORT_PRECISION = shared_flag(
+    flags.DEFINE_enum, "export_precision", "float32", list(EXPORT_PRECISIONS),
+    "Compute precision of the exported model: float32 (serves anywhere) or bfloat16/float16 "
+    "(mixed: float32 variables and outputs) for hardware that computes those faster.")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -607,7 +624,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     try:
         path = export_model(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value,
-                            serving_base_path=_SERVING_BASE_PATH.value)
+                            serving_base_path=_SERVING_BASE_PATH.value,
+                            precision=_EXPORT_PRECISION.value)
     except ExportError as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2

@@ -187,7 +187,19 @@ def test_bfloat16_training_and_float32_export(records, tmp_path, restore_policy)
     np.testing.assert_allclose(bf16.numpy(), reference, atol=0.05)
     meta = json.loads((pathlib.Path(metrics["export_path"]) / "assets.extra" /
                        "exif_keras.json").read_text())
-    assert meta.get("precision", "float32") == "float32"
+    assert meta["precision"] == "float32"
+
+    # Asked for, the export computes in bfloat16 (float32 variables and outputs).
+    path = export.export_model(str(tmp_path / "run"), str(tmp_path / "models" / "bf16"),
+                               precision="bfloat16", write_config=False)
+    served = tf.saved_model.load(path).signatures["serving_default"](
+        image_bytes=tf.constant(images))["probabilities"]
+    assert served.dtype == tf.float32
+    np.testing.assert_allclose(served.numpy(), reference, atol=0.05)
+    assert json.loads((pathlib.Path(path) / "assets.extra" / "exif_keras.json").read_text()
+                      )["precision"] == "bfloat16"
+    with pytest.raises(export.ExportError, match="--export_precision must be one of"):
+        export.export_model(str(tmp_path / "run"), str(tmp_path / "x"), precision="int8")
 
 
 # ------------------------------------------------------------------------ two workers, one CPU
