@@ -23,10 +23,11 @@ Decisions:
   ``multi_worker`` when ``TF_CONFIG`` names a cluster of more than one task, else ``mirrored``
   when several GPUs are visible, else none.
 * **Chief and non-chief writes**, as TensorFlow's multi-worker Keras guide does: every worker runs
-  the same code (callbacks, evaluation and export included: saving can involve collective ops), but
-  only the chief writes into the run folder and the export folder; any other worker writes into a
-  local temporary folder (``write_dir``) that :meth:`Devices.cleanup` deletes at the end (and at
-  interpreter exit, after a crash).
+  the same training code, callbacks included, but only the chief writes into the run folder and
+  the export folder; any other worker writes into a local temporary folder (``write_dir``) that
+  :meth:`Devices.cleanup` deletes at the end (and at interpreter exit, after a crash). After
+  ``fit`` no collective op follows (the evaluation calls the model directly; the export rebuilds
+  a float32 copy outside the strategy), so train.py stops a non-chief worker there.
 * **Input sharding.** Each worker reads its own shards: :meth:`Devices.distribute_training_data`
   feeds ``fit`` through ``strategy.distribute_datasets_from_function``, whose function builds the
   pipeline over shards ``index::count`` (sorted names) with the per-replica batch size. TensorFlow's
