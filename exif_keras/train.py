@@ -318,7 +318,7 @@ def train(config: TrainConfig) -> dict:
         model.summary(print_fn=lambda line, *a, **k: logging.info("%s", line))
 
     csv_path = os.path.join(out_dir, CSV_LOG)  # [devices] out_dir
-    backup_dir = os.path.join(model_dir, BACKUP_DIR)  # the chief's: every worker resumes from it
+    backup_dir = os.path.join(model_dir, BACKUP_DIR)  # [devices] the chief's: all resume from it
     best_path = os.path.join(out_dir, BEST_WEIGHTS)  # [devices] out_dir
     completed = _backup_epoch(backup_dir)
     if completed:
@@ -383,7 +383,7 @@ def train(config: TrainConfig) -> dict:
         image = evaluation.render_confusion_matrix(
             np.array(test["confusion_matrix"]), task.class_names,
             f"{config.field} ({config.task}), test split")
-        evaluation.save_png(image, os.path.join(out_dir, CONFUSION_PNG))  # [devices] out_dir
+        evaluation.save_png(image, os.path.join(out_dir, CONFUSION_PNG))  # [devices] out_dir (2 lines)
         with tf.summary.create_file_writer(os.path.join(out_dir, LOG_DIR, "confusion")).as_default():
             tf.summary.image("confusion_matrix/test", image[None], step=config.epochs)
 
