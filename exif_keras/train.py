@@ -383,7 +383,7 @@ def train(config: TrainConfig) -> dict:
         image = evaluation.render_confusion_matrix(
             np.array(test["confusion_matrix"]), task.class_names,
             f"{config.field} ({config.task}), test split")
-        evaluation.save_png(image, os.path.join(out_dir, CONFUSION_PNG))  # [devices] out_dir (2 lines)
+        evaluation.save_png(image, os.path.join(out_dir, CONFUSION_PNG))  # [devices] 2 lines
         with tf.summary.create_file_writer(os.path.join(out_dir, LOG_DIR, "confusion")).as_default():
             tf.summary.image("confusion_matrix/test", image[None], step=config.epochs)
 
