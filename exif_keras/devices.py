@@ -332,7 +332,8 @@ class Devices:
         if dataset is None or not is_multi_worker(self.strategy):
             return dataset
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = policy
         return dataset.with_options(options)
 
 

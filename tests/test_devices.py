@@ -159,8 +159,9 @@ def test_non_chief_restores_the_chiefs_backup(tmp_path):
 # ------------------------------------------------------------------------------------ bfloat16
 
 def test_bfloat16_training_and_float32_export(records, tmp_path, restore_policy):
-    metrics = train.train(tiny_config(records, tmp_path / "run", epochs=1, mixed_precision="bfloat16",
-                                      export=True, export_dir=str(tmp_path / "models" / "m")))
+    metrics = train.train(tiny_config(records, tmp_path / "run", epochs=1,
+                                      mixed_precision="bfloat16", export=True,
+                                      export_dir=str(tmp_path / "models" / "m")))
     assert metrics["dtype_policy"] == "mixed_bfloat16" and metrics["mixed_precision"] is True
     run = export.read_run(str(tmp_path / "run"))
     images = export.sample_images(run.config.patch_size, count=3)
