@@ -32,6 +32,11 @@ than either figure alone):
    against Pillow's decode of the same files in one process, and beside it the same conversion on
    Apache Beam's DirectRunner (``--runner=beam``, as many workers; skipped with the reason when
    Beam is not installed), see :func:`convert_section`.
+6. **precision**: the training step (as in "train") and the trunk's forward pass on a batch of
+   ``PRECISION_TRUNK_PATCHES`` (32) PxP patches, each under the ``float32`` and the
+   ``mixed_bfloat16`` dtype policy (same weights), all four measured interleaved: the bfloat16
+   ratios say what ``--mixed_precision=bfloat16`` buys on this machine (on a CPU, it pays off
+   where oneDNN has AVX512-BF16 or AMX; the section records whether /proc/cpuinfo lists them).
 
 Method: every section builds its measurements first, calls each one untimed to trace and warm up,
 then runs ``repeats`` rounds; in each round every measurement runs ``steps`` timed iterations, in
@@ -74,6 +79,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from exif_keras import dataset as data
+from exif_keras import devices as devices_lib
 from exif_keras import features, labels, make_records, sample
 from exif_keras import model as model_lib
 from exif_keras.cli import shared_flag
@@ -85,7 +91,7 @@ except Exception as e:  # noqa: BLE001 - any failure to import only disables tha
     export_lib = None
     EXPORT_IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
-SECTIONS = ("convert", "pipeline", "train", "patch_modes", "serving")
+SECTIONS = ("convert", "pipeline", "train", "patch_modes", "serving", "precision")
 PIPELINE_FIELD, PIPELINE_TASK = "shutter", "fine"   # every sample photo has a fine shutter class
 SERVING_FIELD, SERVING_TASK = "shutter", "binary"
 SERVING_IMAGE_SIZE = (500, 375)                      # width, height of the served JPEGs
@@ -95,6 +101,8 @@ PIPELINE_WARMUP_BATCHES = 3   # untimed batches of every fresh pipeline iterator
 MODEL_WARMUP_CALLS = 1        # untimed calls of every model measurement before round 1 (traces)
 GOAL_RATIO = 0.8              # pipeline per core vs decode; training step vs trunk forward
 DATA_MARKER = "benchmark_data.json"
+PRECISION_TRUNK_PATCHES = 32  # patches per trunk forward in the precision section
+PRECISIONS = (("float32", "float32"), ("bfloat16", "mixed_bfloat16"))  # name, Keras policy
 
 
 # ------------------------------------------------------------------------------- configuration
@@ -115,7 +123,7 @@ class BenchConfig:
     steps: Optional[int] = None             # timed iterations per measurement; None: per section
     num_images: int = 256                   # photos in the generated sample
     serving_batch_sizes: tuple = (1, 32)
-    mixed_precision: str = "auto"           # auto: mixed_float16 when a GPU is visible
+    mixed_precision: str = "auto"           # devices.resolve_policy: float32 on a CPU
     work_dir: Optional[str] = None          # None: a temporary folder, removed at the end
     seed: int = 0
     quick: bool = False
@@ -129,9 +137,9 @@ class BenchConfig:
             raise ValueError(f"sections must be a non-empty subset of {SECTIONS}, got "
                              f"{self.sections}")
         self.serving_batch_sizes = tuple(int(b) for b in self.serving_batch_sizes)
-        if self.mixed_precision not in ("auto", "on", "off"):
-            raise ValueError(f"mixed_precision must be auto, on or off, got "
-                             f"{self.mixed_precision!r}")
+        if self.mixed_precision not in devices_lib.PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {', '.join(devices_lib.PRECISIONS)}"
+                             f", got {self.mixed_precision!r}")
         for name in ("pipeline_batch_size", "num_patches", "patch_size", "filters", "repeats",
                      "num_images"):
             if getattr(self, name) < 1:
@@ -162,8 +170,8 @@ class BenchConfig:
         steps = self.steps
         return {
             "batch_size": self.batch_size or (32 if gpu else 8),
-            "mixed_precision": self.mixed_precision == "on" or (self.mixed_precision == "auto"
-                                                                and gpu),
+            "mixed_precision": self.mixed_precision in ("on", "float16", "bfloat16")
+                               or (self.mixed_precision == "auto" and gpu),
             "pipeline_steps": steps or 8,
             "train_steps": steps or (20 if gpu else 2),
             "serving_steps": {b: steps or (max(5, 64 // b) if gpu else max(1, 8 // b))
@@ -672,6 +680,83 @@ def model_sections(config: BenchConfig, resolved: dict, which: Sequence[str],
     return out
 
 
+def cpu_bfloat16_flags() -> list[str]:
+    """The bfloat16 instruction sets /proc/cpuinfo lists (avx512_bf16, amx_bf16); [] elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set(f.read().split())
+    except OSError:
+        return []
+    return sorted(words & {"avx512_bf16", "amx_bf16"})
+
+
+def precision_section(config: BenchConfig, resolved: dict,
+                      log: Callable[[str], None] = lambda s: None) -> dict:
+    """Training step and trunk forward under float32 and mixed_bfloat16, interleaved."""
+    b, k, p = resolved["batch_size"], config.num_patches, config.patch_size
+    steps = resolved["train_steps"]
+    rng = np.random.default_rng(config.seed)
+    x = tf.constant(rng.integers(0, 256, (b, k, p, p, 3), dtype=np.uint8))
+    y = tf.constant(rng.integers(0, 2, (b,)), tf.int32)
+    patches = tf.constant(rng.integers(0, 256, (PRECISION_TRUNK_PATCHES, 1, p, p, 3),
+                                       dtype=np.uint8))
+    previous = keras.config.dtype_policy()
+    measurements, initial, policies = [], None, {}
+    try:
+        for name, policy in PRECISIONS:
+            start = time.perf_counter()
+            keras.config.set_dtype_policy(policy)
+            model = model_lib.build_model(config.model_config("folded"))
+            if initial is None:
+                initial = model.get_weights()
+            else:
+                model.set_weights(initial)
+            model_lib.compile_model(model)
+            policies[name] = model.dtype_policy.name
+            trunk = model_lib.trunk_of(model)
+            trunk_input = tf.reshape(model.get_layer("normalize")(patches),
+                                     (PRECISION_TRUNK_PATCHES, p, p, 3))
+
+            def train_step(model=model):
+                model.train_on_batch(x, y)
+                return b
+
+            @tf.function(jit_compile=False)
+            def trunk_forward(inputs, trunk=trunk):
+                return tf.reduce_sum(tf.cast(trunk(inputs, training=False), tf.float32))
+
+            def forward_step(fn=trunk_forward, inputs=trunk_input):
+                fn(inputs).numpy()
+                return PRECISION_TRUNK_PATCHES  # counted in patches
+
+            measurements += [Measurement(f"{name}_train_step", train_step, steps),
+                             Measurement(f"{name}_trunk_forward", forward_step, steps)]
+            log(f"  built the {policy} model in {time.perf_counter() - start:.1f} s")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    samples = measure_interleaved(measurements, config.repeats, log)
+    ratios = {f"bfloat16_vs_float32_{what}": ratio(samples, f"bfloat16_{what}",
+                                                     f"float32_{what}")
+              for what in ("train_step", "trunk_forward")}
+    cpu_flags = cpu_bfloat16_flags()
+    notes = []
+    if not tf.config.list_physical_devices("GPU") and not cpu_flags:
+        notes.append("this CPU lists neither avx512_bf16 nor amx_bf16: bfloat16 is emulated "
+                     "and expected to be slower than float32")
+    return {
+        "baseline": "float32_train_step",
+        "batch_size": b, "num_patches": k, "patch_size": p, "filters": config.filters,
+        "backbone": config.backbone, "trunk_layer": config.trunk_layer,
+        "trunk_batch_patches": PRECISION_TRUNK_PATCHES,
+        "units": {"train_step": "images", "trunk_forward": "patches"},
+        "dtype_policies": policies, "cpu_bfloat16_flags": cpu_flags,
+        "steps_per_round": steps,
+        "measurements": {n: summarise(s) for n, s in samples.items()},
+        "ratios": ratios,
+        "notes": notes,
+    }
+
+
 def serving_section(config: BenchConfig, resolved: dict, sample_dir: str, work_dir: str,
                     log: Callable[[str], None] = lambda s: None) -> dict:
     """SavedModel on JPEG bytes against the in-process Keras model on extracted patches."""
@@ -776,7 +861,8 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
     work_dir = tempfile.mkdtemp(prefix="exif-benchmark-") if own_dir else config.work_dir
     os.makedirs(work_dir, exist_ok=True)
     previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16" if resolved["mixed_precision"] else "float32")
+    keras.config.set_dtype_policy(devices_lib.resolve_policy(
+        config.mixed_precision, devices_lib.gpu_compute_capabilities()))
     result = {
         "machine": machine_info(),
         "config": json.loads(json.dumps({**dataclasses.asdict(config), "resolved": {
@@ -809,6 +895,9 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
             except Exception as e:  # noqa: BLE001 - the export is optional; report, go on
                 result["sections"]["serving"] = {
                     "skipped": f"the export failed: {type(e).__name__}: {e}"}
+        if "precision" in config.sections:
+            log("precision: training step and trunk forward, float32 vs mixed_bfloat16")
+            result["sections"]["precision"] = precision_section(config, resolved, log)
     finally:
         keras.config.set_dtype_policy(previous_policy)
         if own_dir:
@@ -842,9 +931,11 @@ def table_rows(result: dict) -> list[list[str]]:
             rows.append([section, "skipped: " + info["skipped"]] + [""] * 7)
             continue
         ratios = {r["of"]: r for r in info["ratios"].values()}
+        bases = {r["to"] for r in info["ratios"].values()}
         for name, m in info["measurements"].items():
             r = ratios.get(name)
-            is_base = name == info["baseline"] or name.startswith(info["baseline"] + "_")
+            is_base = (name == info["baseline"] or name.startswith(info["baseline"] + "_")
+                       or name in bases)
             rows.append([
                 section, name, _fmt(m["images_per_s"]),
                 f"{_fmt(m['images_per_s_min'])}-{_fmt(m['images_per_s_max'])}",
@@ -887,6 +978,9 @@ def summary_lines(result: dict) -> list[str]:
                          f"ms/photo vs Keras on patches {info['keras_ms_per_photo']:.1f} ms/photo "
                          f"({info['difference_ms_per_photo']:+.1f} ms; decode+patch alone "
                          f"{info['decode_patch_ms_per_photo']:.1f} ms)")
+    if "precision" in sections and "skipped" not in sections["precision"]:
+        for key, r in sections["precision"]["ratios"].items():
+            lines.append(f"precision {key}: {r['wall']:.2f}x (paired {r['wall_paired']:.2f}x)")
     for name, info in sections.items():
         for note in info.get("notes", []):
             lines.append(f"note ({name}): {note}")
@@ -971,8 +1065,10 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 256, "Photos in the generated s
                                    lower_bound=1)
 _SERVING_BATCH_SIZES = flags.DEFINE_list("serving_batch_sizes", ["1", "32"],
                                          "Batch sizes of the serving section.")
-_MIXED_PRECISION = shared_flag(flags.DEFINE_enum, "mixed_precision", "auto", ["auto", "on", "off"],
-                         "auto: mixed_float16 when a GPU is visible, float32 otherwise.")
+_MIXED_PRECISION = shared_flag(
+    flags.DEFINE_enum, "mixed_precision", "auto", list(devices_lib.PRECISIONS),
+    "Dtype policy of the other sections (the precision section measures float32 and bfloat16): "
+    "auto: bfloat16 on GPUs of compute capability 8.0+, float16 on older GPUs, float32 on CPUs.")
 _CONVERT_DIRS = flags.DEFINE_list(
     "convert_dirs", [], "More folders for the convert section (any make_records layout), e.g. "
     "../shared/corpora/real-exif.")

@@ -342,12 +342,28 @@ def _stage_seed(seed: Optional[int], stage: str, epoch: Optional[int] = None) ->
 
 
 def read_records(data_dir: str, split: str, is_training: bool, seed: Optional[int] = None,
-                 num_parallel_calls=tf.data.AUTOTUNE, epoch: Optional[int] = None
-                 ) -> tf.data.Dataset:
-    """Serialized records of a split: shards shuffled per epoch (training) or sorted, interleaved."""
+                 num_parallel_calls=tf.data.AUTOTUNE, epoch: Optional[int] = None,
+                 shard: Optional[tuple[int, int]] = None) -> tf.data.Dataset:
+    """Serialized records of a split: shards shuffled per epoch (training) or sorted, interleaved.
+
+    ``shard=(count, index)``: only the shards ``index::count`` of the sorted names (one worker's
+    part of a multi-worker run); ValueError when that leaves none."""
     files = list_shards(data_dir, split)
-    ds = tf.data.Dataset.list_files(shard_glob(data_dir, split), shuffle=is_training,
-                                    seed=_stage_seed(seed, "files", epoch))
+    if shard is not None:
+        count, index = shard
+        mine = files[index::count]
+        if not mine:
+            raise ValueError(f"input pipeline {index} of {count} has no {split} shard in "
+                             f"{data_dir!r} ({len(files)} shards): write at least {count} shards "
+                             f"(python -m exif_keras.make_records with a smaller --shard_size)")
+        files = mine
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if is_training:
+            ds = ds.shuffle(len(files), seed=_stage_seed(seed, "files", epoch),
+                            reshuffle_each_iteration=epoch is None)
+    else:
+        ds = tf.data.Dataset.list_files(shard_glob(data_dir, split), shuffle=is_training,
+                                        seed=_stage_seed(seed, "files", epoch))
     return ds.interleave(tf.data.TFRecordDataset,
                          cycle_length=min(len(files), MAX_CYCLE_LENGTH), block_length=1,
                          num_parallel_calls=num_parallel_calls)
@@ -367,8 +383,8 @@ def make_dataset(data_dir: str, split: str, field, task: str = "binary",
                  is_training: Optional[bool] = None, seed: Optional[int] = None,
                  shuffle_buffer: int = 1024, repeat: bool = False, drop_remainder: bool = False,
                  cache: bool = False, num_parallel_calls=tf.data.AUTOTUNE,
-                 deterministic: Optional[bool] = None, epoch: Optional[int] = None
-                 ) -> tf.data.Dataset:
+                 deterministic: Optional[bool] = None, epoch: Optional[int] = None,
+                 shard: Optional[tuple[int, int]] = None) -> tf.data.Dataset:
     """Batches (patches uint8 [B, k, P, P, 3], {head: labels int32 [B]}) of ``split``.
 
     ``field``: one field, a comma list, "all" or a sequence (see labels.parse_fields): one label
@@ -380,7 +396,8 @@ def make_dataset(data_dir: str, split: str, field, task: str = "binary",
     when ``seed`` is given, else False. ``repeat`` repeats forever (fresh crops and order each
     pass). ``epoch``: the dataset of that one training epoch, its file order, example order and
     crops drawn from (seed, epoch) alone (see :func:`_stage_seed`); without it, successive
-    iterations reshuffle. Raises ValueError when the split has no shards.
+    iterations reshuffle. ``shard=(count, index)`` reads only shards ``index::count`` (see
+    read_records). Raises ValueError when the split has no shards.
     """
     if is_training is None:
         is_training = split == "train"
@@ -390,7 +407,8 @@ def make_dataset(data_dir: str, split: str, field, task: str = "binary",
                     pad=not _all_images_fit(data_dir, patch_size))
     decoder = Decoder(keys=parser.keys)
 
-    ds = read_records(data_dir, split, is_training, seed, num_parallel_calls, epoch)
+    ds = read_records(data_dir, split, is_training, seed, num_parallel_calls, epoch=epoch,
+                      shard=shard)
     ds = ds.batch(PARSE_BATCH).map(decoder.decode, num_parallel_calls=num_parallel_calls).unbatch()
     ds = ds.filter(parser.keep)   # on the parsed label: dropped images are never decoded
     if cache:

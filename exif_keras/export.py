@@ -43,8 +43,11 @@ Decisions:
 * **Keras 3's export path**: ``keras.export.ExportArchive`` with one endpoint named
   ``serving_default`` whose function returns a dict (dict keys become the signature's output
   names). The exported model is a fresh float32 copy of the trained one (same weights): an export
-  does not depend on the training run's dtype policy (mixed_float16) or distribution strategy, and
-  serves at full speed on CPU.
+  does not depend on the training run's dtype policy (mixed_float16, mixed_bfloat16) or
+  distribution strategy, and serves anywhere at full precision. ``--export_precision=bfloat16``
+  (or ``float16``) exports the copy under ``mixed_bfloat16`` (``mixed_float16``) instead, for
+  serving hardware that computes those faster; its inputs and outputs stay the same (float32
+  probabilities), and ``assets.extra/exif_keras.json`` records the precision.
 * **A version appears whole or not at all.** The SavedModel, its assets.extra and a check that the
   written model loads and answers its own warmup requests go into a hidden temporary folder beside
   the version folder (``.tmp-<version>-<random>``; TensorFlow Serving only loads folders named by a
@@ -349,12 +352,20 @@ def input_signature() -> list:
     return [tf.TensorSpec([None], tf.string, name=INPUT_NAME)]
 
 
-def _serving_copy(model, config: model_lib.ModelConfig):
-    """A float32 model built from ``config`` (no weight download) holding ``model``'s weights."""
+EXPORT_PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16",
+                     "float16": "mixed_float16"}  # --export_precision -> Keras dtype policy
+
+
+def _serving_copy(model, config: model_lib.ModelConfig, precision: str = "float32"):
+    """A model built from ``config`` (no weight download) holding ``model``'s weights, computing
+    in ``precision`` (float32 unless asked; variables float32 always)."""
     import keras
 
+    if precision not in EXPORT_PRECISIONS:
+        raise ExportError(f"--export_precision must be one of {', '.join(EXPORT_PRECISIONS)}, "
+                          f"got {precision!r}")
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
+    keras.config.set_dtype_policy(EXPORT_PRECISIONS[precision])
     try:
         copy = model_lib.build_model(dataclasses.replace(config, backbone_weights=None))
     finally:
@@ -487,7 +498,8 @@ def write_models_config(models_dir: str,
 def export_model(model_dir: str, export_dir: Optional[str] = None, version: Optional[int] = None,
                  model=None, warmup_images: Optional[Sequence[ImageSource]] = None, *,
                  serving_base_path: str = DEFAULT_SERVING_BASE_PATH,
-                 write_config: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+                 write_config: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 precision: str = "float32") -> str:
     """Exports the run in ``model_dir`` as ``export_dir/<version>``; returns that folder's path.
 
     ``model``: the trained Keras model (its weights are exported); None rebuilds it from
@@ -497,6 +509,7 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     generated JPEGs. ``write_config``: rewrite ``models.config`` in the export dir's parent.
     ``max_pixels``: the served model refuses a photo whose header gives more pixels than this
     (InvalidArgument naming it) before decoding anything; recorded in exif_keras.json.
+    ``precision``: the serving model's compute precision (EXPORT_PRECISIONS), float32 by default.
     Raises ExportError for user errors (missing run, existing version).
     """
     import keras
@@ -518,7 +531,7 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
                           f"overwritten; omit --version to write version "
                           f"{next_version(export_dir)})")
 
-    serving_model = _serving_copy(model, config)
+    serving_model = _serving_copy(model, config, precision)
     if model is None:
         try:
             serving_model.load_weights(run.weights_path)
@@ -553,6 +566,7 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
             "num_patches": config.num_patches,
             "patch_size": config.patch_size,
             "max_pixels": max_pixels,
+            "precision": precision,
             "signature": {"name": SIGNATURE_NAME, "input": INPUT_NAME,
                           "outputs": sorted(expected)},
             "version": version,
@@ -631,6 +645,10 @@ _MAX_PIXELS = shared_flag(
     flags.DEFINE_integer, "max_pixels", DEFAULT_MAX_PIXELS,
     "The served model refuses a photo whose header gives more pixels (width x height) than this, "
     "before decoding it (decompression bombs); make_records' default.")
+_EXPORT_PRECISION = shared_flag(
+    flags.DEFINE_enum, "export_precision", "float32", list(EXPORT_PRECISIONS),
+    "Compute precision of the exported model: float32 (serves anywhere) or bfloat16/float16 "
+    "(mixed: float32 variables and outputs) for hardware that computes those faster.")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -643,7 +661,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         path = export_model(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value,
                             serving_base_path=_SERVING_BASE_PATH.value,
-                            max_pixels=_MAX_PIXELS.value)
+                            max_pixels=_MAX_PIXELS.value,
+                            precision=_EXPORT_PRECISION.value)
     except ExportError as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2

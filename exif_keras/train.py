@@ -31,6 +31,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from exif_keras import dataset as data
+from exif_keras import devices as devices_lib
 from exif_keras import evaluation, labels
 from exif_keras import model as model_lib
 
@@ -81,11 +82,13 @@ _NORMALIZATION = flags.DEFINE_enum(
 _PATCH_MODE = flags.DEFINE_enum("patch_mode", "folded", ["folded", "time_distributed"],
                                 "How patches run through the per-patch network.")
 _MIXED_PRECISION = flags.DEFINE_enum(
-    "mixed_precision", "auto", ["auto", "on", "off"],
-    "auto: mixed_float16 when a GPU is visible, float32 otherwise.")
+    "mixed_precision", "auto", list(devices_lib.PRECISIONS),
+    "off: float32; float16 (alias on): mixed_float16; bfloat16: mixed_bfloat16; auto: bfloat16 "
+    "on TPUs and GPUs of compute capability 8.0+, float16 on older GPUs, float32 on CPUs.")
 _STRATEGY = flags.DEFINE_enum(
-    "strategy", "auto", ["auto", "mirrored", "default"],
-    "auto: MirroredStrategy when several GPUs are visible.")
+    "strategy", "auto", list(devices_lib.STRATEGIES),
+    "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG; mirrored: MirroredStrategy; auto: "
+    "multi_worker when TF_CONFIG names several tasks, mirrored with several GPUs, else none.")
 _LOGICAL_CPUS = flags.DEFINE_integer(
     "logical_cpus", 0, "Split the CPU into this many logical devices (to run MirroredStrategy "
     "without GPUs); 0 leaves it whole.")
@@ -209,30 +212,12 @@ CONFUSION_PNG = "confusion_matrix.png"
 LOG_DIR = "logs"
 
 
-def _configure_devices(config: TrainConfig):
-    """Logical CPUs, mixed precision and the distribution strategy, before any model is built."""
-    if config.logical_cpus > 1:
-        cpus = tf.config.list_physical_devices("CPU")
-        try:
-            tf.config.set_logical_device_configuration(
-                cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.logical_cpus)
-        except RuntimeError as e:
-            raise TrainError(f"--logical_cpus must be set before TensorFlow starts: {e}") from e
-    gpus = tf.config.list_physical_devices("GPU")
-    mixed = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpus)
-    keras.config.set_dtype_policy("mixed_float16" if mixed else "float32")
-    if config.strategy == "mirrored" or (config.strategy == "auto" and len(gpus) > 1):
-        if gpus:
-            strategy = tf.distribute.MirroredStrategy()
-        else:
-            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-            strategy = tf.distribute.MirroredStrategy(devices)
-    else:
-        strategy = tf.distribute.get_strategy()
-    logging.info("Devices: %d GPU(s); dtype policy %s; strategy %s with %d replica(s)",
-                 len(gpus), keras.config.dtype_policy().name, type(strategy).__name__,
-                 strategy.num_replicas_in_sync)
-    return strategy, bool(mixed)
+def _configure_devices(config: TrainConfig) -> devices_lib.Devices:
+    """Logical CPUs, dtype policy and distribution strategy, before any model is built."""
+    try:
+        return devices_lib.setup(config.mixed_precision, config.strategy, config.logical_cpus)
+    except devices_lib.DeviceError as e:
+        raise TrainError(str(e)) from e
 
 
 def _trim_csv_log(csv_path: str, completed_epochs: int) -> None:
@@ -372,21 +357,24 @@ class _Inputs:
     """The run's tf.data pipelines: a training stream whose every epoch is a function of (seed,
     epoch), and deterministic evaluation datasets."""
 
-    def __init__(self, config: TrainConfig, counts: dict, replicas: int):
-        self.config, self.counts = config, counts
+    def __init__(self, config: TrainConfig, counts: dict, dev: devices_lib.Devices):
+        self.config, self.counts, self.dev = config, counts, dev
         # Several replicas cannot split a short last batch inside fit (Keras 3 fails on an empty
         # replica): there, training drops it (fewer than batch_size images per epoch, reshuffled
         # each time) and so does the per-epoch validation; the final evaluation sees every image.
-        self.drop_last = replicas > 1
+        self.drop_last = dev.replicas > 1
+        self.multi_worker = devices_lib.is_multi_worker(dev.strategy)
 
-    def _make(self, split: str, training: bool, in_fit: bool = False, epoch=None):
+    def _make(self, split: str, training: bool, in_fit: bool = False, epoch=None,
+              batch_size=None, shard=None):
         c = self.config
         return data.make_dataset(
-            c.data_dir, split, c.field, c.task, batch_size=c.batch_size,
+            c.data_dir, split, c.field, c.task, batch_size=batch_size or c.batch_size,
             num_patches=c.num_patches, patch_size=c.patch_size, is_training=training,
             seed=c.seed, shuffle_buffer=c.shuffle_buffer,
-            drop_remainder=self.drop_last and in_fit, epoch=epoch,
-            repeat=bool(training and c.steps_per_epoch))
+            drop_remainder=self.drop_last and in_fit, epoch=epoch, shard=shard,
+            # a worker's shards hold fewer images than an epoch's steps ask: it repeats them
+            repeat=bool(training and (c.steps_per_epoch or shard is not None)))
 
     def batches(self, split: str, in_fit: bool = False) -> int:
         n, size = self.counts[split], self.config.batch_size
@@ -396,17 +384,29 @@ class _Inputs:
     def steps_per_epoch(self) -> int:
         return self.config.steps_per_epoch or self.batches("train", in_fit=True)
 
-    def training_stream(self, first_epoch: int) -> tf.data.Dataset:
-        """Epochs first_epoch .. epochs-1, one after the other, steps_per_epoch batches each."""
+    def training_stream(self, first_epoch: int):
+        """Epochs first_epoch .. epochs-1, one after the other, steps_per_epoch batches each.
+        Multi-worker: each worker's stream over its own shards (devices.py), as a distributed
+        dataset."""
         steps = self.steps_per_epoch
-        epochs = [self._make("train", True, in_fit=True, epoch=e).take(steps)
-                  for e in range(first_epoch, self.config.epochs)]
-        stream = functools.reduce(lambda a, b: a.concatenate(b), epochs)
-        return stream.apply(tf.data.experimental.assert_cardinality(steps * len(epochs)))
+
+        def stream(batch_size=None, shard=None):
+            epochs = [self._make("train", True, in_fit=True, epoch=e, batch_size=batch_size,
+                                 shard=shard).take(steps)
+                      for e in range(first_epoch, self.config.epochs)]
+            out = functools.reduce(lambda a, b: a.concatenate(b), epochs)
+            return out.apply(tf.data.experimental.assert_cardinality(steps * len(epochs)))
+
+        try:
+            return self.dev.distribute_training_data(stream, self.config.batch_size)
+        except devices_lib.DeviceError as e:
+            raise TrainError(str(e)) from e
 
     def validation_in_fit(self) -> Optional[tf.data.Dataset]:
         batches = self.batches("validation", in_fit=True)
-        return self.evaluation("validation", in_fit=True) if batches else None
+        if not batches:
+            return None
+        return self.dev.distribute_validation_data(self.evaluation("validation", in_fit=True))
 
     def evaluation(self, split: str, in_fit: bool = False) -> Optional[tf.data.Dataset]:
         """The split with the evaluation grid, or None when it has no example. The manifest
@@ -417,12 +417,14 @@ class _Inputs:
         return ds.apply(tf.data.experimental.assert_cardinality(self.batches(split, in_fit)))
 
 
-def _fit(model, config: TrainConfig, inputs: _Inputs, model_dir: str, heads,
+def _fit(model, config: TrainConfig, inputs: _Inputs, model_dir: str, out_dir: str, heads,
          extra_callbacks: Sequence = ()) -> None:
     """model.fit, resumable: BackupAndRestore keeps the state of the last completed epoch, the CSV
     log is trimmed to it, and the best checkpoint remembers the best validation accuracy so far.
-    Ends by writing FIT_COMPLETE (then the backup is removed)."""
-    csv_path = os.path.join(model_dir, CSV_LOG)
+    Ends by writing FIT_COMPLETE (then the backup is removed). ``out_dir``: where this worker
+    writes (model_dir, or a non-chief worker's temporary folder); every worker resumes from the
+    chief's state in model_dir."""
+    csv_path = os.path.join(out_dir, CSV_LOG)
     backup_dir = os.path.join(model_dir, BACKUP_DIR)
     completed = _backup_epoch(backup_dir)
     if completed:
@@ -430,8 +432,8 @@ def _fit(model, config: TrainConfig, inputs: _Inputs, model_dir: str, heads,
         _trim_csv_log(csv_path, completed)
     else:  # a fresh run starts a new log and forgets any older checkpoint
         for name in (CSV_LOG, BEST_WEIGHTS):
-            if os.path.exists(os.path.join(model_dir, name)):
-                os.remove(os.path.join(model_dir, name))
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
     val_ds = inputs.validation_in_fit()
     # The best epoch: by accuracy (a joint model's: the mean over heads, MeanOverHeads), or, for
     # a regression, by loss.
@@ -441,27 +443,28 @@ def _fit(model, config: TrainConfig, inputs: _Inputs, model_dir: str, heads,
     names = [h.name for h in heads]
     callbacks = [
         MeanOverHeads(names),
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
-                                         delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor=monitor,
+        devices_lib.BackupAndRestore(backup_dir, os.path.join(out_dir, BACKUP_DIR),
+                                     double_checkpoint=True, delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(os.path.join(out_dir, BEST_WEIGHTS), monitor=monitor,
                                         mode=mode, save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=_best_epoch(
-                                            csv_path, monitor, mode)[1] if completed else None),
+                                            os.path.join(model_dir, CSV_LOG), monitor, mode)[1]
+                                        if completed else None),
         keras.callbacks.CSVLogger(csv_path, append=True),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, LOG_DIR)),
+        keras.callbacks.TensorBoard(os.path.join(out_dir, LOG_DIR)),
     ]
     if val_ds is not None:
-        callbacks.append(ConfusionMatrixLogger(val_ds, heads, os.path.join(model_dir, LOG_DIR)))
+        callbacks.append(ConfusionMatrixLogger(val_ds, heads, os.path.join(out_dir, LOG_DIR)))
     callbacks.extend(extra_callbacks)
     if completed < config.epochs:
         model.fit(inputs.training_stream(completed), validation_data=val_ds,
                   epochs=config.epochs, steps_per_epoch=inputs.steps_per_epoch,
                   callbacks=callbacks, verbose=config.verbose, shuffle=False)
     best_epoch, best_value = _best_epoch(csv_path, monitor, mode)
-    _write_json(os.path.join(model_dir, FIT_COMPLETE),
+    _write_json(os.path.join(out_dir, FIT_COMPLETE),
                 {"epochs": config.epochs, "monitor": monitor, "best_epoch": best_epoch,
                  "best_value": best_value})
-    shutil.rmtree(backup_dir, ignore_errors=True)
+    shutil.rmtree(os.path.join(out_dir, BACKUP_DIR), ignore_errors=True)
 
 
 def _best_epoch(csv_path: str, monitor: str,
@@ -513,7 +516,7 @@ def _train_class_counts(manifest: dict, field: str) -> list[int]:
 
 
 def _metrics(config: TrainConfig, heads, results: dict, counts: dict, fit_state: dict,
-             mixed: bool, replicas: int) -> dict:
+             dev: devices_lib.Devices) -> dict:
     """metrics.json: per head under fields.<name>, and the mean over heads at the top (for a
     one-head run the top level also carries that head's class names and test matrix)."""
 
@@ -542,8 +545,10 @@ def _metrics(config: TrainConfig, heads, results: dict, counts: dict, fit_state:
         "epochs": config.epochs,
         "best_epoch": fit_state.get("best_epoch"),
         "wall_seconds": None,  # set at the end
-        "mixed_precision": mixed,
-        "replicas": replicas,
+        "mixed_precision": dev.mixed,
+        "dtype_policy": dev.policy,
+        "replicas": dev.replicas,
+        "workers": dev.num_workers,
         "backbone": config.backbone,
         "num_patches": config.num_patches,
         "patch_size": config.patch_size,
@@ -609,6 +614,16 @@ def _check_same_run(config: TrainConfig, model_dir: str) -> None:
             + "); pass --retrain to start it over with these, or another --model_dir")
 
 
+def _chief_process() -> bool:
+    """This process is the chief of its TF_CONFIG cluster (or in none): it alone exports."""
+    try:
+        tf_config = devices_lib.read_tf_config() or {}
+    except devices_lib.DeviceError:
+        return True
+    task = tf_config.get("task") or {}
+    return devices_lib.is_chief(task.get("type"), task.get("index"), tf_config.get("cluster"))
+
+
 def _finished(config: TrainConfig, model_dir: str) -> Optional[dict]:
     """The metrics of a finished run in model_dir (exporting it if it has no export yet)."""
     metrics = _read_json(os.path.join(model_dir, METRICS))
@@ -616,8 +631,8 @@ def _finished(config: TrainConfig, model_dir: str) -> Optional[dict]:
         return None
     logging.info("%s holds a finished run (use --retrain to start over)", model_dir)
     metrics["already_finished"] = True
-    if config.export and not (metrics.get("export_path")
-                              and os.path.isdir(metrics["export_path"])):
+    if config.export and _chief_process() and not (metrics.get("export_path")
+                                                   and os.path.isdir(metrics["export_path"])):
         metrics["export_path"] = _export(config, model_dir)
         _write_json(os.path.join(model_dir, METRICS),
                     {k: v for k, v in metrics.items() if k != "already_finished"})
@@ -643,7 +658,9 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     manifest, counts = _check_data(config, heads)
 
     keras.utils.set_random_seed(config.seed)
-    strategy, mixed = _configure_devices(config)
+    dev = _configure_devices(config)
+    strategy, mixed = dev.strategy, dev.mixed
+    out_dir = dev.write_dir(model_dir)  # the chief writes model_dir, other workers a temp dir
     mean, std = data.dataset_mean_std(manifest)
     if config.ordinal_sigma and config.task != "fine":
         raise TrainError("--ordinal_sigma spreads the target over ordered fine classes: use it "
@@ -652,14 +669,15 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
         model_config = _model_config(config, heads, mean, std)
     except ValueError as e:  # an impossible combination of flags (e.g. a patch too small)
         raise TrainError(str(e)) from e
-    os.makedirs(model_dir, exist_ok=True)
-    model_lib.save_config(model_config, model_dir)
-    _write_json(os.path.join(model_dir, RUN_CONFIG), {
+    os.makedirs(out_dir, exist_ok=True)
+    model_lib.save_config(model_config, out_dir)
+    _write_json(os.path.join(out_dir, RUN_CONFIG), {
         "train": dataclasses.asdict(config), "task": heads[0].to_json(),
         "heads": [h.to_json() for h in heads], "mixed_precision": mixed,
+        "dtype_policy": dev.policy,
         "data_manifest": os.path.abspath(os.path.join(config.data_dir, "manifest.json"))})
 
-    inputs = _Inputs(config, counts, strategy.num_replicas_in_sync)
+    inputs = _Inputs(config, counts, dev)
     with strategy.scope():
         try:
             model = model_lib.build_model(model_config)
@@ -669,14 +687,19 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
                                 label_smoothing=config.label_smoothing,
                                 ordinal_sigma=config.ordinal_sigma,
                                 loss_weights=config.field_weights)
-    if config.verbose:
+    if config.verbose and dev.chief:
         model.summary(print_fn=lambda line, *a, **k: logging.info("%s", line))
 
     # Train (or skip to the evaluation of a run whose fit completed before it was killed).
     fit_state = _read_json(os.path.join(model_dir, FIT_COMPLETE))
     if fit_state is None:
-        _fit(model, config, inputs, model_dir, heads, extra_callbacks)
-        fit_state = _read_json(os.path.join(model_dir, FIT_COMPLETE))
+        _fit(model, config, inputs, model_dir, out_dir, heads, extra_callbacks)
+        fit_state = _read_json(os.path.join(out_dir, FIT_COMPLETE))
+    if not dev.chief:  # no collective op follows fit: the chief alone evaluates and exports
+        dev.cleanup()
+        return {"field": config.field, "task": config.task, "chief": False,
+                "workers": dev.num_workers, "replicas": dev.replicas,
+                "dtype_policy": dev.policy, "mixed_precision": mixed}
     best_path = os.path.join(model_dir, BEST_WEIGHTS)
     if os.path.exists(best_path):
         model.load_weights(best_path)
@@ -685,8 +708,7 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
 
     # Evaluate every split, write the metrics and figures, export.
     results = _evaluate(model, heads, inputs, config.eval_train, manifest, model_config)
-    metrics = _metrics(config, heads, results, counts, fit_state, mixed,
-                       strategy.num_replicas_in_sync)
+    metrics = _metrics(config, heads, results, counts, fit_state, dev)
     _write_confusion_matrices(model_dir, heads, results, step=config.epochs)
     if config.export:
         metrics["export_path"] = _export(config, model_dir, model)
@@ -734,6 +756,10 @@ def main(argv: Sequence[str]) -> None:
     except TrainError as e:
         print(f"train: error: {e}", file=sys.stderr)
         sys.exit(2)
+    if not metrics.get("chief", True):
+        print(f"worker done; the chief writes the metrics and the export "
+              f"({config.resolved_model_dir()})")
+        return
     if metrics.get("already_finished"):
         print(f"{config.resolved_model_dir()} holds a finished run; its metrics follow "
               "(--retrain starts over).")

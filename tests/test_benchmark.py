@@ -139,6 +139,20 @@ def test_serving_section(result):
     assert serving["image_size"] == [500, 375]
 
 
+def test_precision_section(result):
+    precision = result["sections"]["precision"]
+    assert set(precision["measurements"]) == {f"{p}_{what}" for p in ("float32", "bfloat16")
+                                              for what in ("train_step", "trunk_forward")}
+    assert precision["dtype_policies"] == {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+    for what in ("train_step", "trunk_forward"):
+        _check_ratio(precision["ratios"][f"bfloat16_vs_float32_{what}"], f"bfloat16_{what}",
+                     f"float32_{what}")
+    assert precision["trunk_batch_patches"] == benchmark.PRECISION_TRUNK_PATCHES
+    assert set(precision["cpu_bfloat16_flags"]) <= {"avx512_bf16", "amx_bf16"}
+    rows = [r for r in benchmark.table_rows(result) if r[0] == "precision"]
+    assert [r[7] for r in rows if r[1].startswith("float32")] == ["1 (base)", "1 (base)"]
+
+
 def test_reports(result):
     text = benchmark.format_text(result)
     for name in ("make_dataset_eval", "decode_jpeg", "train_step_folded", "trunk_forward",
@@ -165,6 +179,7 @@ def test_config_validation_and_resolution():
         benchmark.BenchConfig(batch_size=0)
     with pytest.raises(ValueError, match="mixed_precision"):
         benchmark.BenchConfig(mixed_precision="maybe")
+    assert benchmark.BenchConfig(mixed_precision="bfloat16").resolved(gpu=False)["mixed_precision"]
     cpu = benchmark.BenchConfig().resolved(gpu=False)
     gpu = benchmark.BenchConfig().resolved(gpu=True)
     assert (cpu["batch_size"], gpu["batch_size"]) == (8, 32)

@@ -1,0 +1,388 @@
+"""Devices for training: logical CPUs, the dtype policy, the distribution strategy, and where each
+worker of a multi-worker run writes.
+
+Everything here runs before the first model is built (``setup``), and the training code then asks
+the returned :class:`Devices` where to write (``write_dir``) and how to feed the strategy
+(``distribute_training_data``, ``distribute_validation_data``).
+
+Decisions:
+
+* **Dtype policy** (``--mixed_precision``, :func:`resolve_policy`): ``off`` float32; ``on`` or
+  ``float16`` Keras' ``mixed_float16`` (fit gets automatic loss scaling from
+  ``model.compile_model``); ``bfloat16`` ``mixed_bfloat16`` (float32 variables, bfloat16 compute,
+  no loss scaling: bfloat16 has float32's exponent range). ``auto``: ``mixed_bfloat16`` on TPUs
+  and when every visible GPU has compute capability 8.0 or later (Ampere and later have bfloat16
+  tensor cores), ``mixed_float16`` on older GPUs, float32 on CPUs (asked for explicitly,
+  ``--mixed_precision=bfloat16`` runs on a CPU too, and is faster on CPUs with AVX512-BF16 / AMX;
+  see BUILD.md). The model's normalisation and softmax stay float32 under every policy, and an
+  export is a float32 copy unless asked otherwise (``export.py``).
+* **Strategy** (``--strategy``, :func:`make_strategy`): ``default`` none; ``mirrored``
+  ``MirroredStrategy`` over the GPUs (or the logical CPUs of ``--logical_cpus``);
+  ``multi_worker`` ``MultiWorkerMirroredStrategy`` with the cluster and this task from the
+  ``TF_CONFIG`` environment variable (a clear error when it is missing or malformed); ``auto``
+  ``multi_worker`` when ``TF_CONFIG`` names a cluster of more than one task, else ``mirrored``
+  when several GPUs are visible, else none.
+* **Chief and non-chief writes**, as TensorFlow's multi-worker Keras guide does: every worker runs
+  the same training code, callbacks included, but only the chief writes into the run folder and
+  the export folder; any other worker writes into a local temporary folder (``write_dir``) that
+  :meth:`Devices.cleanup` deletes at the end (and at interpreter exit, after a crash). After
+  ``fit`` no collective op follows (the evaluation calls the model directly; the export rebuilds
+  a float32 copy outside the strategy), so train.py stops a non-chief worker there.
+* **Input sharding.** Each worker reads its own shards: :meth:`Devices.distribute_training_data`
+  feeds ``fit`` through ``strategy.distribute_datasets_from_function``, whose function builds the
+  pipeline over shards ``index::count`` (sorted names) with the per-replica batch size. TensorFlow's
+  FILE auto-sharding cannot do it for this pipeline: its training crops zip the records with
+  ``tf.data.Dataset.random``, an unshardable source, so the AUTO policy would silently fall back to
+  DATA sharding (every worker reads every shard and keeps one element in N). The training input
+  then repeats and every worker runs the same number of steps per epoch (the training split's
+  count // the global batch), as collective ops need. Validation uses DATA sharding of whole
+  global batches (equal step counts on every worker; the validation split is small).
+* **Resume after a killed worker** works as on one machine: relaunch every worker with the same
+  command. The run folder must be storage that every worker sees (a shared disk, ``gs://``), as in
+  TensorFlow's guide. The chief keeps Keras' BackupAndRestore state in the run folder; each other
+  worker writes its own in its temporary folder, and at the start first copies the chief's state
+  there (:class:`BackupAndRestore`), so that every worker restarts from the same epoch and weights.
+* **Keras 3 with MultiWorkerMirroredStrategy.** Keras 3.15's ``fit`` fails under this strategy
+  with more than one worker, twice (keras-team/keras#20585, tensorflow/tensorflow#72388, open):
+  ``_maybe_symbolic_build`` reduces the first data batch across workers with
+  ``strategy.reduce`` (``ValueError: Attempt to convert a value (PerReplica...) with an
+  unsupported type``), and every training step reduces the scalar metrics with
+  ``strategy.reduce("MEAN", v, axis=0)`` (``Invalid reduction dimension 0 for input with 0
+  dimensions``). :func:`patch_keras_for_multi_worker` replaces those two internals while such a
+  strategy is in use (the first with the first local replica's batch, which is all the symbolic
+  build needs; the second with ``axis=None`` for scalars); ``EXIF_KERAS_KERAS_PATCH=0`` turns it
+  off, to check whether a newer Keras still needs it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Callable, Optional, Sequence
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+PRECISIONS = ("auto", "off", "on", "float16", "bfloat16")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+POLICIES = {"off": "float32", "on": "mixed_float16", "float16": "mixed_float16",
+            "bfloat16": "mixed_bfloat16"}
+BFLOAT16_MIN_COMPUTE_CAPABILITY = (8, 0)
+PATCH_ENV = "EXIF_KERAS_KERAS_PATCH"
+
+
+class DeviceError(ValueError):
+    """A device or cluster setting the user can fix (the message says how)."""
+
+
+# ---------------------------------------------------------------------------------- dtype policy
+
+def gpu_compute_capabilities() -> list[Optional[tuple[int, int]]]:
+    """(major, minor) of every visible GPU; None where TensorFlow does not say."""
+    out = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        except (RuntimeError, ValueError):
+            capability = None
+        out.append(tuple(capability) if capability else None)
+    return out
+
+
+def resolve_policy(mixed_precision: str,
+                   gpu_capabilities: Sequence[Optional[tuple[int, int]]] = (),
+                   tpu: bool = False) -> str:
+    """The Keras dtype policy name for ``--mixed_precision`` on these accelerators."""
+    if mixed_precision not in PRECISIONS:
+        raise DeviceError(f"--mixed_precision must be one of {', '.join(PRECISIONS)}; "
+                          f"got {mixed_precision!r}")
+    if mixed_precision != "auto":
+        return POLICIES[mixed_precision]
+    if tpu:
+        return "mixed_bfloat16"
+    if gpu_capabilities:
+        if all(c is not None and tuple(c) >= BFLOAT16_MIN_COMPUTE_CAPABILITY
+               for c in gpu_capabilities):
+            return "mixed_bfloat16"
+        return "mixed_float16"
+    return "float32"
+
+
+# -------------------------------------------------------------------------------------- cluster
+
+def read_tf_config(environ=None) -> Optional[dict]:
+    """TF_CONFIG as a dict, None when unset or empty; DeviceError when it is not valid JSON."""
+    text = (environ if environ is not None else os.environ).get("TF_CONFIG", "").strip()
+    if not text:
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise DeviceError(f"TF_CONFIG is not JSON ({e}): {text[:200]}") from e
+    if not isinstance(config, dict):
+        raise DeviceError(f"TF_CONFIG must be a JSON object, got: {text[:200]}")
+    return config
+
+
+def cluster_size(tf_config: Optional[dict]) -> int:
+    """Tasks of the training cluster (chief and workers) that TF_CONFIG names; 0 without one."""
+    if not tf_config:
+        return 0
+    cluster = tf_config.get("cluster") or {}
+    return sum(len(cluster.get(job) or []) for job in ("chief", "worker"))
+
+
+def check_tf_config(tf_config: Optional[dict]) -> None:
+    """DeviceError unless TF_CONFIG describes a cluster and this task's place in it."""
+    example = ('TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+               '"task": {"type": "worker", "index": 0}}\'')
+    if not tf_config:
+        raise DeviceError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                          f"(the cluster and this worker's place in it), e.g. {example}; see the "
+                          "README's 'Training on several machines'")
+    cluster, task = tf_config.get("cluster"), tf_config.get("task")
+    if not isinstance(cluster, dict) or not cluster_size(tf_config):
+        raise DeviceError(f"TF_CONFIG has no cluster with a chief or workers: {tf_config}; "
+                          f"e.g. {example}")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise DeviceError(f"TF_CONFIG has no task {{\"type\": ..., \"index\": ...}}: {tf_config}")
+    members = cluster.get(task["type"]) or []
+    if not isinstance(task["index"], int) or not 0 <= task["index"] < len(members):
+        raise DeviceError(f"TF_CONFIG task {task} is not in its cluster {cluster}")
+
+
+def is_chief(task_type: Optional[str], task_id: Optional[int], cluster: Optional[dict]) -> bool:
+    """TensorFlow's rule: the 'chief' task, or worker 0 when the cluster has no chief; a process
+    outside any cluster is its own chief."""
+    if task_type is None or task_type == "chief":
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in (cluster or {})
+
+
+def is_multi_worker(strategy) -> bool:
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())  # pylint: disable=protected-access
+
+
+# ------------------------------------------------------------------------------ Keras workaround
+
+def patch_keras_for_multi_worker() -> bool:
+    """Works around keras-team/keras#20585 (see the module docstring); True when applied.
+
+    Both replacements defer to Keras' own code for every strategy except a multi-worker
+    MultiWorkerMirroredStrategy. Idempotent; ``EXIF_KERAS_KERAS_PATCH=0`` skips it."""
+    if os.environ.get(PATCH_ENV, "1") == "0":
+        logging.warning("%s=0: Keras' fit is used unpatched under MultiWorkerMirroredStrategy",
+                        PATCH_ENV)
+        return False
+    try:
+        from keras.src.backend.tensorflow import trainer as tf_trainer
+        original_reduce = tf_trainer.reduce_per_replica
+        original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    except (ImportError, AttributeError) as e:  # a Keras whose internals moved
+        logging.warning("Keras %s: cannot apply the multi-worker workaround (%s); fit may fail "
+                        "as in keras-team/keras#20585", keras.__version__, e)
+        return False
+    if getattr(original_reduce, "_exif_keras_patch", False):
+        return True
+
+    def _first_local(strategy, value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and is_multi_worker(strategy):
+            def mean(value):
+                rank = _first_local(strategy, value).shape.rank
+                return strategy.reduce("MEAN", value, axis=0 if rank else None)
+            return tf.nest.map_structure(mean, values)
+        return original_reduce(values, strategy, reduction)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy  # pylint: disable=protected-access
+        if strategy is None or iterator is None or not is_multi_worker(strategy):
+            return original_build(self, iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            data_batch = tf.nest.map_structure(lambda v: _first_local(strategy, v), next(it))
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)  # pylint: disable=protected-access
+
+    reduce_per_replica._exif_keras_patch = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+    return True
+
+
+# ------------------------------------------------------------------------------------- strategy
+
+def split_cpu(count: int) -> None:
+    """Splits the CPU into ``count`` logical devices (MirroredStrategy without GPUs)."""
+    if count <= 1:
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError as e:
+        raise DeviceError(f"--logical_cpus must be set before TensorFlow starts: {e}") from e
+
+
+def resolve_strategy_name(name: str, num_gpus: int, tf_config: Optional[dict]) -> str:
+    """``auto`` -> multi_worker (TF_CONFIG names several tasks), mirrored (several GPUs) or
+    default; other names as they are."""
+    if name not in STRATEGIES:
+        raise DeviceError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
+    if name != "auto":
+        return name
+    if cluster_size(tf_config) > 1:
+        return "multi_worker"
+    return "mirrored" if num_gpus > 1 else "default"
+
+
+def make_strategy(name: str, environ=None):
+    """The tf.distribute strategy for ``--strategy`` (see the module docstring)."""
+    tf_config = read_tf_config(environ)
+    gpus = tf.config.list_physical_devices("GPU")
+    name = resolve_strategy_name(name, len(gpus), tf_config)
+    if name == "multi_worker":
+        check_tf_config(tf_config)
+        patch_keras_for_multi_worker()
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, RuntimeError) as e:
+            raise DeviceError(f"cannot start MultiWorkerMirroredStrategy from TF_CONFIG "
+                              f"{tf_config}: {e}") from e
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in tf.config.list_logical_devices("CPU")])
+    return tf.distribute.get_strategy()
+
+
+# -------------------------------------------------------------------------------------- devices
+
+@dataclasses.dataclass
+class Devices:
+    """The strategy, the dtype policy and this process's place in the cluster."""
+    strategy: tf.distribute.Strategy
+    policy: str
+    task_type: Optional[str] = None
+    task_id: Optional[int] = None
+    num_workers: int = 1
+    chief: bool = True
+    _temp_root: Optional[str] = dataclasses.field(default=None, repr=False)
+    _temp_dirs: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def mixed(self) -> bool:
+        return self.policy != "float32"
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    def write_dir(self, path: str) -> str:
+        """``path`` on the chief; on another worker a local temporary folder standing for it
+        (the same folder for the same path), removed by :meth:`cleanup`."""
+        if self.chief:
+            return path
+        if path not in self._temp_dirs:
+            if self._temp_root is None:
+                self._temp_root = tempfile.mkdtemp(
+                    prefix=f"exif_keras_{self.task_type}{self.task_id}_")
+                atexit.register(self.cleanup)
+            name = f"{len(self._temp_dirs)}_{os.path.basename(os.path.normpath(path)) or 'dir'}"
+            self._temp_dirs[path] = os.path.join(self._temp_root, name)
+            os.makedirs(self._temp_dirs[path], exist_ok=True)
+        return self._temp_dirs[path]
+
+    def cleanup(self) -> None:
+        """Deletes this worker's temporary folders (nothing on the chief)."""
+        if self._temp_root is not None:
+            shutil.rmtree(self._temp_root, ignore_errors=True)
+            self._temp_root = None
+            self._temp_dirs.clear()
+
+    def distribute_training_data(self, make: Callable[..., tf.data.Dataset], global_batch: int):
+        """The training input for ``fit``: ``make(batch_size=..., shard=(count, index))`` must
+        return the repeated pipeline over shards ``index::count``. Single worker: ``make`` with the
+        global batch and no sharding (``fit`` splits batches across local replicas)."""
+        if not is_multi_worker(self.strategy):
+            return make(batch_size=global_batch, shard=None)
+        if global_batch % self.replicas:
+            raise DeviceError(f"--batch_size={global_batch} must be a multiple of the "
+                              f"{self.replicas} replicas of the cluster")
+
+        def per_worker(context: tf.distribute.InputContext):
+            return make(batch_size=context.get_per_replica_batch_size(global_batch),
+                        shard=(context.num_input_pipelines, context.input_pipeline_id))
+
+        return self.strategy.distribute_datasets_from_function(per_worker)
+
+    def distribute_validation_data(self, dataset: Optional[tf.data.Dataset]):
+        """Validation batches split between workers by whole global batches (DATA sharding)."""
+        if dataset is None or not is_multi_worker(self.strategy):
+            return dataset
+        options = tf.data.Options()
+        policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = policy
+        return dataset.with_options(options)
+
+
+def setup(mixed_precision: str = "auto", strategy: str = "auto", logical_cpus: int = 0,
+          environ=None) -> Devices:
+    """Logical CPUs, dtype policy and strategy, before any model is built."""
+    split_cpu(logical_cpus)
+    resolve_policy(mixed_precision)  # a bad value fails before anything starts
+    made = make_strategy(strategy, environ)  # first: MultiWorkerMirroredStrategy needs a fresh
+    tpu = bool(tf.config.list_logical_devices("TPU"))  # runtime, and listing devices starts it
+    policy = resolve_policy(mixed_precision, gpu_compute_capabilities(), tpu)
+    keras.config.set_dtype_policy(policy)
+    devices = Devices(made, policy)
+    if is_multi_worker(made):
+        resolver = made.cluster_resolver
+        devices.task_type, devices.task_id = resolver.task_type, resolver.task_id
+        cluster = resolver.cluster_spec().as_dict()
+        devices.num_workers = sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
+        devices.chief = is_chief(devices.task_type, devices.task_id, cluster)
+    logging.info("Devices: %d GPU(s); dtype policy %s; strategy %s with %d replica(s)%s",
+                 len(tf.config.list_physical_devices("GPU")), policy, type(made).__name__,
+                 made.num_replicas_in_sync,
+                 f"; task {devices.task_type}:{devices.task_id} of {devices.num_workers}"
+                 f"{' (chief)' if devices.chief else ''}" if devices.num_workers > 1 else "")
+    return devices
+
+
+# --------------------------------------------------------------------------------------- resume
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore writing into ``write_dir`` (the chief: ``backup_dir`` itself); a
+    non-chief worker first copies the chief's state from ``backup_dir`` into its own folder, so
+    that every worker of a relaunched cluster restarts from the chief's epoch and weights."""
+
+    STATE_FILES = ("latest.weights.h5", "training_metadata.json",
+                   "latest.weights.h5.bkp", "training_metadata.json.bkp")
+
+    def __init__(self, backup_dir: str, write_dir: Optional[str] = None, **kwargs):
+        super().__init__(write_dir or backup_dir, **kwargs)
+        self.chief_backup_dir = backup_dir
+
+    def on_train_begin(self, logs=None):
+        if os.path.normpath(self.chief_backup_dir) != os.path.normpath(self.backup_dir):
+            tf.io.gfile.makedirs(self.backup_dir)
+            for name in self.STATE_FILES:
+                source = os.path.join(self.chief_backup_dir, name)
+                target = os.path.join(self.backup_dir, name)
+                if tf.io.gfile.exists(source):
+                    tf.io.gfile.copy(source, target, overwrite=True)
+                elif tf.io.gfile.exists(target):
+                    tf.io.gfile.remove(target)
+        super().on_train_begin(logs)
