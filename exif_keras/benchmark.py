@@ -159,9 +159,12 @@ class BenchConfig:
         base.update(overrides)
         return cls(**base)
 
-    def model_config(self, patch_mode: str = "folded", num_classes: int = 2):
+    def model_config(self, patch_mode: str = "folded", num_classes: int = 2,
+                     head: str = "shutter"):
+        """The measured model: one classification head named ``head``."""
         return model_lib.ModelConfig(
-            num_classes=num_classes, num_patches=self.num_patches, patch_size=self.patch_size,
+            heads=(model_lib.HeadConfig(head, num_classes),), num_patches=self.num_patches,
+            patch_size=self.patch_size,
             backbone=self.backbone, trunk_layer=self.trunk_layer, backbone_weights=None,
             filters=self.filters, patch_mode=patch_mode)
 
@@ -764,7 +767,8 @@ def serving_section(config: BenchConfig, resolved: dict, sample_dir: str, work_d
         return {"skipped": f"exif_keras.export is not importable ({EXPORT_IMPORT_ERROR})"}
     k, p = config.num_patches, config.patch_size
     task = labels.task_spec(SERVING_FIELD, SERVING_TASK)
-    model_config = config.model_config("folded", num_classes=task.num_classes)
+    model_config = config.model_config("folded", num_classes=task.num_classes,
+                                       head=SERVING_FIELD)
     # The export is always float32 (export._serving_copy); compare it with a float32 Keras model.
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
@@ -797,7 +801,7 @@ def serving_section(config: BenchConfig, resolved: dict, sample_dir: str, work_d
             served = signature(**{export_lib.INPUT_NAME: encoded})
             checks[b] = float(np.max(np.abs(
                 served[export_lib.OUTPUT_PROBABILITIES].numpy()
-                - np.asarray(model.predict_on_batch(patches)))))
+                - np.asarray(model.predict_on_batch(patches)[SERVING_FIELD]))))
 
             def saved_step(encoded=encoded, b=b):
                 signature(**{export_lib.INPUT_NAME: encoded})[
@@ -805,7 +809,7 @@ def serving_section(config: BenchConfig, resolved: dict, sample_dir: str, work_d
                 return b
 
             def keras_step(patches=patches, b=b):
-                np.asarray(model.predict_on_batch(patches))
+                np.asarray(model.predict_on_batch(patches)[SERVING_FIELD])
                 return b
 
             def preprocess_step(encoded=encoded, b=b):

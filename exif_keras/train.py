@@ -52,7 +52,7 @@ _EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per batch.", lower_bound=1)
 _NUM_PATCHES = flags.DEFINE_integer("num_patches", 8, "Patches k per image.", lower_bound=1)
 _PATCH_SIZE = flags.DEFINE_integer("patch_size", 128, "Patch side P in pixels.", lower_bound=8)
-_BACKBONE = flags.DEFINE_enum("backbone", "vgg16", ["vgg16", "scratch"],
+_BACKBONE = flags.DEFINE_enum("backbone", "vgg16", list(model_lib.BACKBONES),
                               "vgg16: frozen ImageNet VGG16 trunk; scratch: trainable layers.")
 _TRUNK_LAYER = flags.DEFINE_string("trunk_layer", "block3_conv3", "Last VGG16 layer of the trunk.")
 _BACKBONE_WEIGHTS = flags.DEFINE_string(
@@ -77,9 +77,9 @@ _FIELD_WEIGHTS = flags.DEFINE_list(
     "field_weights", [], "Loss weight per field of a joint model, e.g. shutter=1,iso=0.5 "
     "(default 1 each).")
 _NORMALIZATION = flags.DEFINE_enum(
-    "normalization", "auto", ["auto", "vgg", "dataset"],
+    "normalization", "auto", list(model_lib.NORMALIZATIONS),
     "auto: VGG16's preprocessing for vgg16, the dataset's mean/std (manifest) for scratch.")
-_PATCH_MODE = flags.DEFINE_enum("patch_mode", "folded", ["folded", "time_distributed"],
+_PATCH_MODE = flags.DEFINE_enum("patch_mode", "folded", list(model_lib.PATCH_MODES),
                                 "How patches run through the per-patch network.")
 _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision", "auto", list(devices_lib.PRECISIONS),
@@ -165,25 +165,13 @@ class TrainConfig:
 
     @classmethod
     def from_flags(cls) -> "TrainConfig":
-        weights = _BACKBONE_WEIGHTS.value
-        return cls(field=_FIELD.value, task=_TASK.value, data_dir=_DATA_DIR.value,
-                   model_dir=_MODEL_DIR.value, epochs=_EPOCHS.value,
-                   batch_size=_BATCH_SIZE.value, num_patches=_NUM_PATCHES.value,
-                   patch_size=_PATCH_SIZE.value, backbone=_BACKBONE.value,
-                   trunk_layer=_TRUNK_LAYER.value,
-                   backbone_weights=None if weights.lower() in ("", "none") else weights,
-                   filters=_FILTERS.value, scratch_width_divisor=_SCRATCH_WIDTH.value,
-                   l2=_L2.value,
-                   batchnorm_momentum=_BN_MOMENTUM.value, learning_rate=_LEARNING_RATE.value,
-                   label_smoothing=_LABEL_SMOOTHING.value, ordinal_sigma=_ORDINAL_SIGMA.value,
-                   field_weights=_parse_weights(_FIELD_WEIGHTS.value),
-                   normalization=_NORMALIZATION.value,
-                   patch_mode=_PATCH_MODE.value, mixed_precision=_MIXED_PRECISION.value,
-                   strategy=_STRATEGY.value, logical_cpus=_LOGICAL_CPUS.value, seed=_SEED.value,
-                   shuffle_buffer=_SHUFFLE_BUFFER.value, steps_per_epoch=_STEPS_PER_EPOCH.value,
-                   eval_train=_EVAL_TRAIN.value, retrain=_RETRAIN.value,
-                   verify_records=_VERIFY_RECORDS.value, export=_EXPORT.value,
-                   export_dir=_EXPORT_DIR.value, verbose=_VERBOSE.value)
+        """The config from the parsed flags: every field of TrainConfig is the flag of its name
+        (so a hyperparameter is declared twice, flag and field, and copied nowhere)."""
+        values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(cls)}
+        weights = values["backbone_weights"]
+        values["backbone_weights"] = None if weights.lower() in ("", "none") else weights
+        values["field_weights"] = _parse_weights(values["field_weights"])
+        return cls(**values)
 
 
 def _parse_weights(items: Sequence[str]) -> Optional[dict]:
