@@ -26,6 +26,7 @@ from absl import app, flags, logging
 
 from exif_keras import dataset as data
 from exif_keras import evaluation, labels
+from exif_keras import figures
 from exif_keras import model as model_lib
 
 FIELDS = list(labels.FIELDS)
@@ -413,6 +414,7 @@ def train(config: TrainConfig) -> dict:
         export_dir = config.export_dir or os.path.join("models", f"exif_{config.field}")
         metrics["export_path"] = export.export_model(model_dir, export_dir, model=model)
 
+    figures.training_curves(csv_path, os.path.join(model_dir, "training_curves.png"), model_dir)
     metrics["wall_seconds"] = round(time.monotonic() - start, 2)
     with open(os.path.join(model_dir, METRICS), "w") as f:
         json.dump(metrics, f, indent=2)
