@@ -27,8 +27,8 @@ def base(tmp_path):
     """A base flagfile and a records folder holding only a manifest (for the majority class)."""
     records = tmp_path / "records"
     records.mkdir()
-    # shutter fine classes: 13 - 5 = 8 is 1/32 s... index = round(log2 t) + 13; binary fast is
-    # index <= 5 (1/250 s or shorter), slow >= 8 (1/30 s or longer); 6 and 7 are left out
+    # shutter fine class = round(log2 t) + 13: binary fast is index <= 5 (1/250 s or shorter),
+    # slow >= 8 (1/30 s or longer); 6 and 7 (1/125 s, 1/60 s) are left out
     counts = {"validation": {"shutter": {"3": 6, "5": 1, "8": 3, "6": 50}},
               "test": {"shutter": {"4": 2, "9": 6}}}
     (records / "manifest.json").write_text(json.dumps({"counts": counts}))
@@ -211,7 +211,8 @@ def test_results_csv_markdown_and_figure(base, tmp_path):
     lines = {line.split("|")[1].strip(): line for line in md.splitlines()
              if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
     # k=8: validation 0.55 and 0.56 -> mean 55.50 (55.00-56.00); the paper's 79.44 / 70.66
-    assert "| 2/2 | 55.50 (55.00–56.00) | 46.00 (45.00–47.00) | 90.00 (90.00–90.00) |" in lines["8"]
+    assert ("| 2/2 | 55.50 (55.00–56.00) | 46.00 (45.00–47.00) | 90.00 (90.00–90.00) |"
+            in lines["8"])
     assert "79.44 / 70.66" in lines["8"]
     assert "72.03 / –" in lines["2"]
     # k=1: one of two runs failed; one value, no range
