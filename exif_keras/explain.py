@@ -237,7 +237,8 @@ def render(explanation: Explanation, class_names: Sequence[str], path: str,
         ax.add_patch(Rectangle((x - 0.5, y - 0.5), size, size, fill=False, edgecolor=color,
                                linewidth=3.0 if i == e.best_patch else 1.5,
                                linestyle="-" if i == e.best_patch else "--"))
-        ax.text(x + 2, y + 2, f"{i}: {names[cls]} {p[cls]:.2f}", color="white", fontsize=7,
+        # the label just below the box, so that a small patch on a large photo stays visible
+        ax.text(x, y + size + 2, f"{i}: {names[cls]} {p[cls]:.2f}", color="white", fontsize=7,
                 va="top", bbox=dict(facecolor=color, alpha=0.75, pad=1.0, edgecolor="none"))
     ax.set_xlim(min(-0.5, min(x for _, x, _ in e.boxes) - 0.5),
                 max(width - 0.5, max(x + s for _, x, s in e.boxes) - 0.5))

@@ -642,7 +642,9 @@ def run_study(base_flagfile: str, grid: Sequence[str], seeds: Sequence[str], stu
                                   else Outcome(f"failed: unreadable {run.metrics_path}"))
     for index, run in enumerate(runs, start=1):
         if run.name in outcomes:
-            print(f"[{index}/{len(runs)}] {run.name}: done, skipped", file=out)
+            done = outcomes[run.name].status
+            print(f"[{index}/{len(runs)}] {run.name}: "
+                  + ("done, skipped" if done == "ok" else done), file=out)
             continue
         verb = "resuming" if state(run) == "resume" else "training"
         print(f"[{index}/{len(runs)}] {run.name}: {verb} (log: {run.log_path})", file=out,
