@@ -153,3 +153,30 @@ def test_usage_errors(run_dir, tmp_path):
         explain.Explainer.load(str(tmp_path / "empty"))
     with pytest.raises(explain.ExplainError, match="no such layer"):
         explain.Explainer.load(run_dir, layer="conv_nowhere")
+
+
+def test_main_exit_status(run_dir, tmp_path, capsys):
+    from absl import flags
+    from absl.testing import flagsaver
+
+    def main(argv):
+        with flagsaver.flagsaver():
+            rest = flags.FLAGS(argv, known_only=True)
+            try:
+                return explain.main(rest)
+            finally:
+                flags.FLAGS.unparse_flags()
+
+    (tmp_path / "a.jpg").write_bytes(jpeg(50, 70, 5))
+    (tmp_path / "bad.jpg").write_bytes(b"nothing")
+    out = tmp_path / "out"
+    assert main(["explain", f"--model_dir={run_dir}", f"--output_dir={out}",
+                 str(tmp_path / "a.jpg")]) == 0
+    assert (out / "a.png").exists()
+    assert main(["explain", f"--model_dir={run_dir}", f"--output_dir={out}",
+                 str(tmp_path / "bad.jpg")]) == 1
+    assert main(["explain", f"--output_dir={out}", str(tmp_path / "a.jpg")]) == 2
+    assert main(["explain", f"--model_dir={run_dir}"]) == 2
+    assert main(["explain", f"--model_dir={tmp_path / 'none'}", str(tmp_path / "a.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert "--model_dir is required" in err and "does not exist" in err
