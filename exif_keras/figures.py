@@ -205,22 +205,32 @@ def _spread(values: Sequence[float]):
 def study_figure(series: Sequence[StudySeries], axis_name: str, png_path: str,
                  title: str = "", paper_source: str = "") -> str:
     """Validation and test accuracy against the study's first axis: per value the mean over seeds
-    with a min-max bar and each seed as a dot; the paper's numbers as stars; the majority-class
+    with a min-max bar and each seed as a dot; the paper's numbers as red stars (filled:
+    validation, hollow: test); the majority-class
     accuracy of each split as a grey tick. x values are equally spaced in grid order (k = 1, 2,
     4, 8, 16 and learning rates 1e-4, 1e-3, 1e-2 read as the log scales they are)."""
     x_labels = []
     for s in series:
         x_labels += [x for x in s.x_labels if x not in x_labels]
     position = {x: i for i, x in enumerate(x_labels)}
-    figure = new_figure(max(5.5, 1.1 * len(x_labels) + 3.0), 4.2)
+    figure = new_figure(max(5.5, 1.1 * len(x_labels) + 3.0) + 2.6, 4.2)
     ax = figure.add_subplot()
     several = len(series) > 1
     width = 0.25 / max(1, len(series))
-    drawn_paper = drawn_majority = False
+    drawn = set()
+
+    def once(label):  # a legend entry the first time only
+        if label in drawn:
+            return None
+        drawn.add(label)
+        return label
+
     for si, s in enumerate(series):
         shift = (si - (len(series) - 1) / 2) * width
-        for split, values, color, marker in (("validation", s.validation, VALIDATION_COLOR, "o"),
-                                             ("test", s.test, TEST_COLOR, "s")):
+        for split, values, marker, style in (("validation", s.validation, "o", "-"),
+                                             ("test", s.test, "s", "--")):
+            color = f"C{si % 10}" if several else (
+                VALIDATION_COLOR if split == "validation" else TEST_COLOR)
             xs, means, low, high = [], [], [], []
             offset = shift - 0.04 if split == "validation" else shift + 0.04
             for x, v in zip(s.x_labels, values):
@@ -234,34 +244,31 @@ def study_figure(series: Sequence[StudySeries], axis_name: str, png_path: str,
                 ax.plot([position[x] + offset] * len(spread[3]), spread[3], linestyle="none",
                         marker=".", color=color, alpha=0.45, markersize=5)
             if xs:
-                label = split if not several else f"{split}, {s.label}"
-                ax.errorbar(xs, means, yerr=[low, high], color=color, marker=marker,
-                            capsize=3, linestyle="-" if si == 0 else ":", label=label)
+                ax.errorbar(xs, means, yerr=[low, high], color=color, marker=marker, capsize=3,
+                            linestyle=style, label=f"{split}, {s.label}" if several else split)
+        source = f" ({paper_source})" if paper_source else ""
         for x, numbers in s.paper.items():
             if x not in position:
                 continue
-            for split, color in (("validation", VALIDATION_COLOR), ("test", TEST_COLOR)):
+            for split, face in (("validation", PAPER_COLOR), ("test", "none")):
                 if numbers.get(split) is not None:
-                    ax.plot(position[x], numbers[split], marker="*", markersize=14, color=color,
-                            markeredgecolor=PAPER_COLOR, linestyle="none",
-                            label=None if drawn_paper else
-                            f"paper{f' ({paper_source})' if paper_source else ''}")
-                    drawn_paper = True
+                    ax.plot(position[x], numbers[split], marker="*", markersize=14,
+                            markerfacecolor=face, markeredgecolor=PAPER_COLOR, linestyle="none",
+                            label=once(f"paper, {split}{source}"))
         for x, numbers in s.majority.items():
             if x not in position:
                 continue
-            for split, color in (("validation", VALIDATION_COLOR), ("test", TEST_COLOR)):
+            for split in ("validation", "test"):
                 if numbers.get(split) is not None:
                     ax.plot(position[x] + shift, 100.0 * numbers[split], marker="_",
                             markersize=18, color="grey", linestyle="none",
-                            label=None if drawn_majority else "majority class (val, test)")
-                    drawn_majority = True
+                            label=once("majority class (validation, test)"))
     ax.set_xticks(range(len(x_labels)), x_labels)
     ax.set_xlim(-0.5, len(x_labels) - 0.5)
     ax.set_xlabel(axis_name)
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if title:
         ax.set_title(title, fontsize=9)
     figure.tight_layout()
