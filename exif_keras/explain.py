@@ -336,7 +336,7 @@ def run(paths: Sequence[str], model_dir: str, output_dir: str, field: Optional[s
 
 
 _MODEL_DIR = shared_flag(flags.DEFINE_string, "model_dir", None, "Training run folder.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "explain", "Where the PNGs go.")
+_OUTPUT_DIR = shared_flag(flags.DEFINE_string, "output_dir", "explain", "Where the PNGs go.")
 _FIELD = shared_flag(flags.DEFINE_string, "field", None,
                      "The output to explain (default the model's first).")
 _LAYER = flags.DEFINE_string("layer", DEFAULT_LAYER,

@@ -42,8 +42,9 @@ Decisions:
   skipped; any other run is started with the same command, and training resumes by itself from
   its run folder's backup (``exif_keras.train``). Each run folder records the flag values it was
   trained with (``study_run.json``); a finished run whose values differ from the study's now
-  (the base flagfile was edited) is an error before anything trains: delete that folder or use
-  another ``--study_dir``.
+  (the base flagfile was edited) is an error before anything trains, and so is an interrupted
+  one (it would resume another configuration's training): delete that folder or use another
+  ``--study_dir``.
 * **The paper's numbers** (``PAPER_NUMBERS``) are matched on the study's axes and on field and
   task; the other flags of the base may differ from the paper's setup (the ``demo_`` studies run
   on the sample with the scratch trunk), and ``results.md`` lists those differences beside them.
@@ -317,10 +318,11 @@ def _comparable(settings: Mapping) -> dict:
 
 
 def check_finished_runs(runs: Sequence[Run]) -> None:
-    """StudyError when a finished run folder was trained with other flag values than now."""
+    """StudyError when a run folder (finished, or interrupted and about to resume) was trained
+    with other flag values than the study gives it now."""
     for run in runs:
         record = os.path.join(run.run_dir, RUN_RECORD)
-        if not (os.path.exists(run.metrics_path) and os.path.exists(record)):
+        if not os.path.exists(record):
             continue
         with open(record) as f:
             before = json.load(f).get("settings", {})

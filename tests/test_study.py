@@ -183,6 +183,15 @@ def test_a_finished_run_trained_with_other_flags_is_an_error(base, tmp_path):
         study.run_study(**study_args(base, tmp_path, grid=["num_patches=1"], seeds=["0"]),
                         runner=trainer)
     assert trainer.calls == []
+    # an interrupted run would resume another configuration's training: the same error
+    interrupted = {**study_args(base, tmp_path, grid=["num_patches=2"], seeds=["0"]),
+                   "study_dir": str(tmp_path / "other")}
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(**interrupted, runner=FakeTrainer(interrupt_at=1))
+    base.write_text(base.read_text().replace("--epochs=4", "--epochs=5"))
+    with pytest.raises(study.StudyError, match="epochs: 4 then, 5 now"):
+        study.run_study(**interrupted, runner=trainer)
+    assert trainer.calls == []
 
 
 # ---------------------------------------------------------------------------------- results
