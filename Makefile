@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test records install clean
+.PHONY: demo test records install clean figure5
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ records: data/records/manifest.json
 
 demo: $(STAMP) data/records/manifest.json
 	$(PY) -m exif_keras.train --flagfile=pipelines/demo.flags
+
+# The paper's figure 5 on the sample: accuracy against the number of patches (k = 1, 2, 4, 8; two
+# seeds), the demo_patches study (pipelines/studies/). Rerun after an interruption to continue.
+figure5: $(STAMP) data/records/manifest.json
+	$(PY) -m exif_keras.study --flagfile=pipelines/studies/demo_patches.flags
+	@echo "figure 5 (sample): runs/studies/demo_patches/figure.png, table: runs/studies/demo_patches/results.md"
 
 test: $(STAMP)
 	$(PY) -m pytest

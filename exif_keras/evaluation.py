@@ -126,40 +126,16 @@ def accuracy(matrix: np.ndarray) -> float:
 
 def render_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
                             title: str = "") -> np.ndarray:
-    """Draws a confusion matrix as an RGB uint8 image (rows normalised, counts written in)."""
-    from PIL import Image, ImageDraw, ImageFont
+    """The confusion matrix as an RGB uint8 image (see figures.confusion_matrix_figure)."""
+    from exif_keras import figures
 
-    n = len(class_names)
-    cell = 44 if n <= 6 else 28
-    label_w = min(260, 8 + 7 * max(len(c) for c in class_names))
-    top = 40
-    width, height = label_w + n * cell + 20, top + n * cell + label_w // 2 + 20
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    draw.text((8, 8), title or "confusion matrix (rows: true, columns: predicted)", fill="black",
-              font=font)
-    totals = matrix.sum(axis=1, keepdims=True).astype(np.float64)
-    rates = np.divide(matrix, totals, out=np.zeros(matrix.shape, np.float64), where=totals > 0)
-    for i in range(n):
-        draw.text((4, top + i * cell + cell // 2 - 6), class_names[i][: label_w // 7], fill="black",
-                  font=font)
-        for j in range(n):
-            shade = int(255 * (1.0 - rates[i, j]))
-            x0, y0 = label_w + j * cell, top + i * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255),
-                           outline="grey")
-            draw.text((x0 + 3, y0 + cell // 2 - 6), str(int(matrix[i, j])),
-                      fill="white" if rates[i, j] > 0.5 else "black", font=font)
-    for j in range(n):
-        draw.text((label_w + j * cell + 2, top + n * cell + 4), str(j), fill="black", font=font)
-    return np.asarray(image)
+    return figures.confusion_matrix_figure(matrix, class_names, title)
 
 
 def save_png(array: np.ndarray, path: str) -> None:
-    from PIL import Image
+    from exif_keras import figures
 
-    Image.fromarray(array).save(path)
+    figures.save_png(array, path)
 
 
 def format_table(rows: Sequence[Sequence], header: Sequence[str]) -> str:

@@ -33,6 +33,7 @@ from absl import app, flags, logging
 from exif_keras import dataset as data
 from exif_keras import devices as devices_lib
 from exif_keras import evaluation, labels
+from exif_keras import figures
 from exif_keras import model as model_lib
 
 FIELDS = list(labels.FIELDS)
@@ -197,6 +198,7 @@ FIT_COMPLETE = "fit_complete.json"   # written when fit ends: a rerun goes strai
 CSV_LOG = "training_log.csv"
 METRICS = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
+TRAINING_CURVES_PNG = "training_curves.png"
 LOG_DIR = "logs"
 
 
@@ -700,6 +702,8 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     _write_confusion_matrices(model_dir, heads, results, step=config.epochs)
     if config.export:
         metrics["export_path"] = _export(config, model_dir, model)
+    figures.training_curves(os.path.join(model_dir, CSV_LOG),
+                            os.path.join(model_dir, TRAINING_CURVES_PNG), model_dir)
     metrics["wall_seconds"] = round(time.monotonic() - start, 2)
     _write_json(os.path.join(model_dir, METRICS), metrics)
     return metrics
