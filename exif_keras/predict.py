@@ -428,22 +428,13 @@ def run(paths: Sequence[str], model: str, version: Optional[int] = None,
 
     failed: list[tuple[str, str]] = []
     results: list[Result] = []
-
-    def report(path, reason, skipped=True):
-        failed.append((path, reason))
-        print(f"{path}: {'skipped: ' if skipped else ''}{reason}", file=err)
-
-    for batch in _read_inputs(paths, batch_size, report, predictor.max_pixels):
-        batch_failed: list[tuple[str, str]] = []
-        for path, data, outputs in _predict_batch(predictor, batch, batch_failed):
-            cid = int(outputs[export.OUTPUT_CLASS_IDS])
-            truth = exif_truth(task, read_settings(data)) if task else None
-            result = Result(path, cid, _decode(outputs[export.OUTPUT_CLASS_NAMES]),
-                            outputs[export.OUTPUT_PROBABILITIES].tolist(), truth)
-            results.append(result)
-            print(_line(result, class_names or [], as_json), file=out, flush=True)
-        for path, reason in batch_failed:
-            report(path, reason)
+    for path, data, outputs in _predictions(predictor, paths, batch_size, failed, err):
+        cid = int(outputs[export.OUTPUT_CLASS_IDS])
+        truth = exif_truth(task, read_settings(data)) if task else None
+        result = Result(path, cid, _decode(outputs[export.OUTPUT_CLASS_NAMES]),
+                        outputs[export.OUTPUT_PROBABILITIES].tolist(), truth)
+        results.append(result)
+        print(_line(result, class_names or [], as_json), file=out, flush=True)
 
     summary = summarize(results, failed, class_names or [])
     if as_json:
@@ -451,6 +442,22 @@ def run(paths: Sequence[str], model: str, version: Optional[int] = None,
     else:
         print(summary_text(summary, task.field if task else None), file=out)
     return 1 if failed else 0
+
+
+def _predictions(predictor: Predictor, paths: Sequence[str], batch_size: int,
+                 failed: list, err: TextIO):
+    """(path, bytes, outputs of that photo) for every photo under ``paths`` that the model
+    answers, in order; every other path is appended to ``failed`` and reported on ``err``."""
+
+    def report(path, reason, skipped=True):
+        failed.append((path, reason))
+        print(f"{path}: {'skipped: ' if skipped else ''}{reason}", file=err)
+
+    for batch in _read_inputs(paths, batch_size, report, predictor.max_pixels):
+        batch_failed: list[tuple[str, str]] = []
+        yield from _predict_batch(predictor, batch, batch_failed)
+        for path, reason in batch_failed:
+            report(path, reason)
 
 
 def _read_inputs(paths: Sequence[str], batch_size: int, report, max_pixels: int):
@@ -486,29 +493,20 @@ def _run_estimates(predictor: Predictor, paths, batch_size, as_json, out, err) -
     fields = [h.field for h in heads if h.task in ("fine", "regression")]
     classes = [h for h in heads if h.task == "binary"]
     failed, rows = [], []
-
-    def report(path, reason, skipped=True):
-        failed.append((path, reason))
-        print(f"{path}: {'skipped: ' if skipped else ''}{reason}", file=err)
-
-    for batch in _read_inputs(paths, batch_size, report, predictor.max_pixels):
-        batch_failed: list[tuple[str, str]] = []
-        for path, data, outputs in _predict_batch(predictor, batch, batch_failed):
-            estimate = estimate_of(outputs, fields)
-            settings = read_settings(data)
-            truth = {f: estimate_truth(f, estimate[f], settings) for f in fields}
-            row = {"path": path, "estimate": estimate, "exif": truth,
-                   "classes": {h.field: _decode(outputs[f"{h.field}_{export.OUTPUT_CLASS_NAMES}"])
-                               for h in classes}}
-            if "exif_text" in outputs:
-                row["exif_text"] = _decode(outputs["exif_text"])
-            rows.append(row)
-            line = (json.dumps(row) if as_json else
-                    estimate_line(path, estimate, truth) + "".join(
-                        f"  [{f}: {c}]" for f, c in row["classes"].items()))
-            print(line, file=out, flush=True)
-        for path, reason in batch_failed:
-            report(path, reason)
+    for path, data, outputs in _predictions(predictor, paths, batch_size, failed, err):
+        estimate = estimate_of(outputs, fields)
+        settings = read_settings(data)
+        truth = {f: estimate_truth(f, estimate[f], settings) for f in fields}
+        row = {"path": path, "estimate": estimate, "exif": truth,
+               "classes": {h.field: _decode(outputs[f"{h.field}_{export.OUTPUT_CLASS_NAMES}"])
+                           for h in classes}}
+        if "exif_text" in outputs:
+            row["exif_text"] = _decode(outputs["exif_text"])
+        rows.append(row)
+        line = (json.dumps(row) if as_json else
+                estimate_line(path, estimate, truth) + "".join(
+                    f"  [{f}: {c}]" for f, c in row["classes"].items()))
+        print(line, file=out, flush=True)
     summary = estimate_summary(rows, failed, fields)
     print(json.dumps({"summary": summary}) if as_json else estimate_summary_text(summary),
           file=out)
