@@ -589,14 +589,21 @@ def per_patch_flops(model: keras.Model) -> dict:
     return out
 
 
+def _synthetic_batch(config: BenchConfig, resolved: dict):
+    """(rng, patches uint8 [B, k, P, P, 3], binary labels [B]) of the model measurements."""
+    b, k, p = resolved["batch_size"], config.num_patches, config.patch_size
+    rng = np.random.default_rng(config.seed)
+    x = tf.constant(rng.integers(0, 256, (b, k, p, p, 3), dtype=np.uint8))
+    y = tf.constant(rng.integers(0, 2, (b,)), tf.int32)
+    return rng, x, y
+
+
 def model_sections(config: BenchConfig, resolved: dict, which: Sequence[str],
                    log: Callable[[str], None] = lambda s: None) -> dict:
     """The "train" and/or "patch_modes" sections, from one interleaved measurement."""
     b, k, p = resolved["batch_size"], config.num_patches, config.patch_size
     steps = resolved["train_steps"]
-    rng = np.random.default_rng(config.seed)
-    x = tf.constant(rng.integers(0, 256, (b, k, p, p, 3), dtype=np.uint8))
-    y = tf.constant(rng.integers(0, 2, (b,)), tf.int32)
+    rng, x, y = _synthetic_batch(config, resolved)
 
     start = time.perf_counter()
     folded = model_lib.build_model(config.model_config("folded"))
@@ -698,9 +705,7 @@ def precision_section(config: BenchConfig, resolved: dict,
     """Training step and trunk forward under float32 and mixed_bfloat16, interleaved."""
     b, k, p = resolved["batch_size"], config.num_patches, config.patch_size
     steps = resolved["train_steps"]
-    rng = np.random.default_rng(config.seed)
-    x = tf.constant(rng.integers(0, 256, (b, k, p, p, 3), dtype=np.uint8))
-    y = tf.constant(rng.integers(0, 2, (b,)), tf.int32)
+    rng, x, y = _synthetic_batch(config, resolved)
     patches = tf.constant(rng.integers(0, 256, (PRECISION_TRUNK_PATCHES, 1, p, p, 3),
                                        dtype=np.uint8))
     previous = keras.config.dtype_policy()
