@@ -210,3 +210,18 @@ def test_cli_quick_flags_and_json(tmp_path, capsys):
     assert (config["num_patches"], config["patch_size"], config["steps"]) == (2, 64, 2)
     assert (config["num_images"], config["repeats"]) == (8, 1)
     assert "--quick" in saved["command"]
+
+
+def test_ratio_is_of_over_to_on_known_samples():
+    """A ratio says how fast ``of`` runs relative to ``to``: twice as many images per second is
+    2.0, not 0.5 (an inverted ratio would turn every speed claim in BUILD.md upside down)."""
+    S = benchmark.Sample
+    samples = {"fast": [S(1.0, 2.0, 40), S(1.0, 2.0, 44), S(1.0, 1.0, 36)],
+               "slow": [S(1.0, 1.0, 20), S(2.0, 2.0, 44), S(1.0, 1.0, 18)]}
+    r = benchmark.ratio(samples, "fast", "slow")
+    assert (r["of"], r["to"]) == ("fast", "slow")
+    assert r["wall"] == pytest.approx(40 / 20)                       # medians 40 and 20 img/s
+    assert r["wall_paired"] == pytest.approx(2.0)                    # per round: 2, 2, 2
+    assert r["per_cpu"] == pytest.approx(22 / 20)                    # medians 22 and 20 img/CPU-s
+    assert r["per_cpu_paired"] == pytest.approx(1.0)                 # 20/20, 22/22, 36/18
+    assert benchmark.ratio(samples, "slow", "fast")["wall"] == pytest.approx(0.5)
