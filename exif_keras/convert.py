@@ -3,7 +3,8 @@
 This is the converter's per-image work, run in worker processes: read the file once, open it
 with Pillow once (header, embedded EXIF, decode), check it, bin its EXIF, and keep the original
 JPEG bytes whenever TensorFlow can decode them as they are. It imports no TensorFlow so that the
-workers start fast and stay small.
+workers start fast and stay small (`fileio` imports it only to read a path with a scheme, such as
+``gs://``).
 
 Every file ends as exactly one `Converted` with ``record`` set, or with ``skip_reason`` set to one
 of `SKIP_REASONS`.
@@ -30,6 +31,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from exif_keras import exif as exif_lib
+from exif_keras import fileio
 from exif_keras import labels
 from exif_keras import sources
 from exif_keras.sources import Item
@@ -236,8 +238,7 @@ def convert_item(item: Item, options: Options) -> Converted:
             return skip("no_label", "EXIF text gives no usable shutter, aperture or ISO")
 
     try:
-        with open(item.image_path, "rb") as f:
-            data = f.read()
+        data = fileio.read_bytes(item.image_path)  # a local path, or gs://... through tf.io.gfile
     except OSError as e:
         return skip("unreadable", f"{type(e).__name__}: {e}")
     if not data:

@@ -90,10 +90,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import struct
 from typing import Any, Iterable, Optional
+
+from exif_keras import fileio
 
 FIELDS = ("exposure_time", "f_number", "iso", "shutter_speed_apex", "aperture_apex")
 VARIANTS = ("auto", "clean", "raw")
@@ -482,8 +483,7 @@ def _decode(data: bytes) -> str:
 def read_exif_text_file(path: Any, variant: str = "auto") -> ExifReading:
     """Reads and parses a MIRFLICKR EXIF text file; never raises for a bad or missing file."""
     try:
-        with open(os.fspath(path), "rb") as f:
-            data = f.read(MAX_TEXT_BYTES + 1)
+        data = fileio.read_bytes(path, MAX_TEXT_BYTES + 1)  # local, or gs://... via tf.io.gfile
     except (FileNotFoundError, NotADirectoryError):
         return ExifReading(problems=["text:missing"])
     except (OSError, TypeError, ValueError):

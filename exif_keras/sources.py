@@ -13,6 +13,9 @@ and NAS index folders (``@eaDir``) hold thumbnails and copies of the archive's p
 they would put near-duplicates of one photo into different splits. Their JPEGs become items whose
 ``skip_reason`` is ``"hidden"`` (counted and listed like every other skip) unless
 ``include_hidden=True`` (``--include_hidden``).
+
+``input_dir`` may be a local folder or any path ``tf.io.gfile`` reads (``gs://bucket/photos``):
+every listing goes through `exif_keras.fileio`, which reads local paths with ``os`` as before.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+
+from exif_keras import fileio
 
 
 LAYOUTS = ("auto", "mirflickr25k", "mirflickr1m", "photos")
@@ -55,7 +60,7 @@ def is_hidden(name: str) -> bool:
 def _hidden_items(folder: str, input_dir: str) -> list[Item]:
     """Every JPEG-named file under a hidden ``folder``, as items skipped as HIDDEN."""
     items = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in fileio.walk(folder):
         dirs.sort()
         for name in sorted(files):
             if name.lower().endswith(JPEG_SUFFIXES):
@@ -64,27 +69,26 @@ def _hidden_items(folder: str, input_dir: str) -> list[Item]:
 
 
 def _hidden_item(path: str, input_dir: str) -> Item:
-    rel = os.path.relpath(path, input_dir).replace(os.sep, "/")
-    return Item(rel, path, (), skip_reason=HIDDEN)
+    return Item(fileio.relpath(path, input_dir), path, (), skip_reason=HIDDEN)
 
 
 def _has_im25k(input_dir: str) -> bool:
     try:
-        with os.scandir(input_dir) as entries:
-            return any(_IM25K.match(e.name) for e in entries if e.is_file())
+        return any(_IM25K.match(name) and kind == fileio.FILE
+                   for name, _, kind in fileio.entries(input_dir))
     except OSError:
         return False
 
 
 def detect_layout(input_dir: str) -> str:
     """Recognises mirflickr25k, mirflickr1m or falls back to photos."""
-    if not os.path.isdir(input_dir):
+    if not fileio.isdir(input_dir):
         raise SourceError(f"--input_dir {input_dir!r} is not a directory")
-    if os.path.isdir(os.path.join(input_dir, "meta", "exif")) or os.path.isdir(
+    if fileio.isdir(os.path.join(input_dir, "meta", "exif")) or fileio.isdir(
             os.path.join(input_dir, "meta", "exif_raw")):
         if _has_im25k(input_dir):
             return "mirflickr25k"
-    if os.path.isdir(os.path.join(input_dir, "images")) and os.path.isdir(
+    if fileio.isdir(os.path.join(input_dir, "images")) and fileio.isdir(
             os.path.join(input_dir, "exif")):
         return "mirflickr1m"
     # Anything else, im<N>.jpg without meta/ included, is read as photos with embedded EXIF.
@@ -94,23 +98,22 @@ def detect_layout(input_dir: str) -> str:
 def _mirflickr25k_items(input_dir: str, exif_variant: str) -> list[Item]:
     clean_dir = os.path.join(input_dir, "meta", "exif")
     raw_dir = os.path.join(input_dir, "meta", "exif_raw")
-    if exif_variant == "clean" and not os.path.isdir(clean_dir):
+    if exif_variant == "clean" and not fileio.isdir(clean_dir):
         raise SourceError(f"--exif_variant=clean but {clean_dir} does not exist")
-    if exif_variant == "raw" and not os.path.isdir(raw_dir):
+    if exif_variant == "raw" and not fileio.isdir(raw_dir):
         raise SourceError(f"--exif_variant=raw but {raw_dir} does not exist")
     variants = {"clean": ("clean",), "raw": ("raw",), "auto": ("clean", "raw")}[exif_variant]
     items = []
-    with os.scandir(input_dir) as entries:
-        for entry in entries:
-            match = _IM25K.match(entry.name)
-            if not match or not entry.is_file():
-                continue
-            number = int(match.group(1))
-            paths = []
-            for variant in variants:
-                folder = clean_dir if variant == "clean" else raw_dir
-                paths.append((variant, os.path.join(folder, f"exif{number}.txt")))
-            items.append(Item(str(number), entry.path, tuple(paths)))
+    for name, path, kind in fileio.entries(input_dir):
+        match = _IM25K.match(name)
+        if not match or kind != fileio.FILE:
+            continue
+        number = int(match.group(1))
+        paths = []
+        for variant in variants:
+            folder = clean_dir if variant == "clean" else raw_dir
+            paths.append((variant, os.path.join(folder, f"exif{number}.txt")))
+        items.append(Item(str(number), path, tuple(paths)))
     items.sort(key=lambda item: int(item.source_id))
     return items
 
@@ -121,31 +124,30 @@ def _mirflickr1m_items(input_dir: str, exif_variant: str,
     exif_dir = os.path.join(input_dir, "exif")
     variant = "auto" if exif_variant == "auto" else exif_variant
     items, hidden = [], []
-    for bucket in sorted(os.listdir(images_dir)):
+    for bucket in sorted(fileio.listdir(images_dir)):
         bucket_dir = os.path.join(images_dir, bucket)
-        if not os.path.isdir(bucket_dir):
+        if not fileio.isdir(bucket_dir):
             continue
         if not include_hidden and is_hidden(bucket):
             hidden.extend(_hidden_items(bucket_dir, input_dir))
             continue
-        with os.scandir(bucket_dir) as entries:
-            for entry in entries:
-                if not include_hidden and entry.is_dir() and is_hidden(entry.name):
-                    hidden.extend(_hidden_items(entry.path, input_dir))
-                    continue
-                match = _IM1M.match(entry.name)
-                if not match or not entry.is_file():
-                    continue
-                number = int(match.group(1))
-                exif_path = os.path.join(exif_dir, str(number // 10000), f"{number}.txt")
-                items.append(Item(str(number), entry.path, ((variant, exif_path),)))
+        for name, path, kind in fileio.entries(bucket_dir):
+            if not include_hidden and kind == fileio.FOLDER and is_hidden(name):
+                hidden.extend(_hidden_items(path, input_dir))
+                continue
+            match = _IM1M.match(name)
+            if not match or kind != fileio.FILE:
+                continue
+            number = int(match.group(1))
+            exif_path = os.path.join(exif_dir, str(number // 10000), f"{number}.txt")
+            items.append(Item(str(number), path, ((variant, exif_path),)))
     items.sort(key=lambda item: int(item.source_id))
     return items + sorted(hidden, key=lambda item: item.source_id)
 
 
 def _photo_items(input_dir: str, include_hidden: bool = False) -> list[Item]:
     items = []
-    for root, dirs, files in os.walk(input_dir):
+    for root, dirs, files in fileio.walk(input_dir):
         dirs.sort()
         if not include_hidden:
             for name in [d for d in dirs if is_hidden(d)]:
@@ -157,8 +159,7 @@ def _photo_items(input_dir: str, include_hidden: bool = False) -> list[Item]:
                 if not include_hidden and is_hidden(name):
                     items.append(_hidden_item(path, input_dir))
                     continue
-                rel = os.path.relpath(path, input_dir).replace(os.sep, "/")
-                items.append(Item(rel, path, (), embedded_exif=True))
+                items.append(Item(fileio.relpath(path, input_dir), path, (), embedded_exif=True))
     items.sort(key=lambda item: item.source_id)
     return items
 
@@ -172,7 +173,7 @@ def list_items(input_dir: str, layout: str = "auto", exif_variant: str = "auto",
     if exif_variant not in EXIF_VARIANTS:
         raise SourceError(
             f"unknown --exif_variant={exif_variant!r}; expected one of {', '.join(EXIF_VARIANTS)}")
-    if not os.path.isdir(input_dir):
+    if not fileio.isdir(input_dir):
         raise SourceError(f"--input_dir {input_dir!r} is not a directory")
     if layout == "auto":
         layout = detect_layout(input_dir)
@@ -180,7 +181,7 @@ def list_items(input_dir: str, layout: str = "auto", exif_variant: str = "auto",
         items = _mirflickr25k_items(input_dir, exif_variant)
     elif layout == "mirflickr1m":
         for sub in ("images", "exif"):
-            if not os.path.isdir(os.path.join(input_dir, sub)):
+            if not fileio.isdir(os.path.join(input_dir, sub)):
                 raise SourceError(
                     f"--layout=mirflickr1m expects {os.path.join(input_dir, sub)} to exist")
         items = _mirflickr1m_items(input_dir, exif_variant, include_hidden)
