@@ -23,10 +23,10 @@ record bytes (`make_records.serialize_record`), the shard names, and the manifes
 
 Files are read and written through ``tf.io.gfile`` (shards, listing, manifest), so the output may
 be any path TensorFlow's file systems handle (``gs://``, ``hdfs://``, ``s3://`` with
-tensorflow-io). The images and EXIF text are read by `convert` and the listing by `sources` with
-Python's own file functions: the input folder must be reachable by that path from the launcher
-and from every worker (a local disk with the DirectRunner; a mounted file system, such as
-Cloud Storage FUSE, on a cluster).
+tensorflow-io). So may the input: `sources` lists it and `convert` reads the images and EXIF text
+through `exif_keras.fileio`, which uses ``tf.io.gfile`` for a path with a scheme and Python's own
+file functions for a plain path (which must then be reachable by that path from the launcher and
+from every worker: a local disk with the DirectRunner, a shared mount on a cluster).
 
 ``manifest["seconds"]`` is the pipeline's wall time, launch and runner start-up included.
 """

@@ -55,7 +55,8 @@ if __name__ == "__main__":
 
 FLAGS = flags.FLAGS
 _INPUT_DIR = flags.DEFINE_string(
-    "input_dir", None, "Folder to convert. Empty: generate and convert the built-in sample.")
+    "input_dir", None, "Folder to convert: a local path or any path tf.io.gfile reads "
+    "(gs://...). Empty: generate and convert the built-in sample.")
 _LAYOUT = flags.DEFINE_enum("layout", "auto", list(sources.LAYOUTS),
                             "Folder layout; auto recognises the other three.")
 _EXIF_VARIANT = flags.DEFINE_enum(
@@ -394,7 +395,8 @@ def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str
         workers: int = 0, progress: bool = True, source_description: Optional[str] = None,
         include_hidden: bool = False) -> dict:
     """Converts ``input_dir`` into ``output_dir`` with a local process pool; returns the
-    manifest."""
+    manifest. ``input_dir`` may be a ``gs://``-style path (`exif_keras.fileio`); with more than one
+    worker it must be one every process can read (not ``ram://``, which is per process)."""
     import tensorflow as tf
 
     plan = plan_conversion(input_dir, output_dir, layout, exif_variant, min_side, max_pixels,
