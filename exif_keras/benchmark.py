@@ -690,16 +690,6 @@ def model_sections(config: BenchConfig, resolved: dict, which: Sequence[str],
     return out
 
 
-def cpu_bfloat16_flags() -> list[str]:
-    """The bfloat16 instruction sets /proc/cpuinfo lists (avx512_bf16, amx_bf16); [] elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            words = set(f.read().split())
-    except OSError:
-        return []
-    return sorted(words & {"avx512_bf16", "amx_bf16"})
-
-
 def precision_section(config: BenchConfig, resolved: dict,
                       log: Callable[[str], None] = lambda s: None) -> dict:
     """Training step and trunk forward under float32 and mixed_bfloat16, interleaved."""
@@ -746,7 +736,7 @@ def precision_section(config: BenchConfig, resolved: dict,
     ratios = {f"bfloat16_vs_float32_{what}": ratio(samples, f"bfloat16_{what}",
                                                      f"float32_{what}")
               for what in ("train_step", "trunk_forward")}
-    cpu_flags = cpu_bfloat16_flags()
+    cpu_flags = devices_lib.cpu_bfloat16_flags()
     notes = []
     if not tf.config.list_physical_devices("GPU") and not cpu_flags:
         notes.append("this CPU lists neither avx512_bf16 nor amx_bf16: bfloat16 is emulated "

@@ -94,10 +94,22 @@ def gpu_compute_capabilities() -> list[Optional[tuple[int, int]]]:
     return out
 
 
+def cpu_bfloat16_flags() -> list[str]:
+    """The bfloat16 instruction sets /proc/cpuinfo lists (avx512_bf16, amx_bf16); [] elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set(f.read().split())
+    except OSError:
+        return []
+    return sorted(words & {"avx512_bf16", "amx_bf16"})
+
+
 def resolve_policy(mixed_precision: str,
                    gpu_capabilities: Sequence[Optional[tuple[int, int]]] = (),
-                   tpu: bool = False) -> str:
-    """The Keras dtype policy name for ``--mixed_precision`` on these accelerators."""
+                   tpu: bool = False, cpu_bfloat16: bool = False) -> str:
+    """The Keras dtype policy name for ``--mixed_precision`` on these accelerators.
+    ``cpu_bfloat16``: with ``auto`` and no accelerator, bfloat16 (the CPU computes it natively:
+    ``--cpu_bfloat16`` on a CPU that lists AVX512-BF16 or AMX)."""
     if mixed_precision not in PRECISIONS:
         raise DeviceError(f"--mixed_precision must be one of {', '.join(PRECISIONS)}; "
                           f"got {mixed_precision!r}")
@@ -110,7 +122,7 @@ def resolve_policy(mixed_precision: str,
                for c in gpu_capabilities):
             return "mixed_bfloat16"
         return "mixed_float16"
-    return "float32"
+    return "mixed_bfloat16" if cpu_bfloat16 else "float32"
 
 
 # -------------------------------------------------------------------------------------- cluster
@@ -338,13 +350,14 @@ class Devices:
 
 
 def setup(mixed_precision: str = "auto", strategy: str = "auto", logical_cpus: int = 0,
-          environ=None) -> Devices:
+          environ=None, cpu_bfloat16: bool = False) -> Devices:
     """Logical CPUs, dtype policy and strategy, before any model is built."""
     split_cpu(logical_cpus)
     resolve_policy(mixed_precision)  # a bad value fails before anything starts
     made = make_strategy(strategy, environ)  # first: MultiWorkerMirroredStrategy needs a fresh
     tpu = bool(tf.config.list_logical_devices("TPU"))  # runtime, and listing devices starts it
-    policy = resolve_policy(mixed_precision, gpu_compute_capabilities(), tpu)
+    policy = resolve_policy(mixed_precision, gpu_compute_capabilities(), tpu,
+                            cpu_bfloat16=cpu_bfloat16 and bool(cpu_bfloat16_flags()))
     keras.config.set_dtype_policy(policy)
     devices = Devices(made, policy)
     if is_multi_worker(made):

@@ -86,6 +86,9 @@ _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision", "auto", list(devices_lib.PRECISIONS),
     "off: float32; float16 (alias on): mixed_float16; bfloat16: mixed_bfloat16; auto: bfloat16 "
     "on TPUs and GPUs of compute capability 8.0+, float16 on older GPUs, float32 on CPUs.")
+_CPU_BFLOAT16 = flags.DEFINE_boolean(
+    "cpu_bfloat16", False, "With --mixed_precision=auto and no GPU or TPU: mixed_bfloat16 when "
+    "the CPU computes bfloat16 natively (it lists AVX512-BF16 or AMX), float32 otherwise.")
 _STRATEGY = flags.DEFINE_enum(
     "strategy", "auto", list(devices_lib.STRATEGIES),
     "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG; mirrored: MirroredStrategy; auto: "
@@ -145,6 +148,7 @@ class TrainConfig:
     normalization: str = "auto"
     patch_mode: str = "folded"
     mixed_precision: str = "auto"
+    cpu_bfloat16: bool = False
     strategy: str = "auto"
     logical_cpus: int = 0
     seed: int = 0
@@ -205,7 +209,8 @@ LOG_DIR = "logs"
 def _configure_devices(config: TrainConfig) -> devices_lib.Devices:
     """Logical CPUs, dtype policy and distribution strategy, before any model is built."""
     try:
-        return devices_lib.setup(config.mixed_precision, config.strategy, config.logical_cpus)
+        return devices_lib.setup(config.mixed_precision, config.strategy, config.logical_cpus,
+                                 cpu_bfloat16=config.cpu_bfloat16)
     except devices_lib.DeviceError as e:
         raise TrainError(str(e)) from e
 

@@ -71,6 +71,13 @@ def test_resolve_policy(flag, capabilities, tpu, policy):
     assert devices.resolve_policy(flag, capabilities, tpu) == policy
 
 
+def test_cpu_bfloat16_only_with_auto_and_no_accelerator():
+    assert devices.resolve_policy("auto", [], False, cpu_bfloat16=True) == "mixed_bfloat16"
+    assert devices.resolve_policy("auto", [(7, 5)], False, cpu_bfloat16=True) == "mixed_float16"
+    assert devices.resolve_policy("off", [], False, cpu_bfloat16=True) == "float32"
+    assert set(devices.cpu_bfloat16_flags()) <= {"avx512_bf16", "amx_bf16"}
+
+
 def test_unknown_precision_and_strategy_are_clear_errors():
     with pytest.raises(devices.DeviceError, match="--mixed_precision must be one of"):
         devices.resolve_policy("half")
