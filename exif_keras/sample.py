@@ -9,7 +9,8 @@ Each image is a physically motivated toy photograph:
     fix the exposure time ``t = N^2 / (2^EV * ISO/100)``, snapped to a real shutter stop;
   * the exposure time shows as camera shake (a motion blur ``t * shake_rate`` pixels long, capped)
     and as extra blur on a moving object;
-  * the f-number shows as defocus of the background and midground layers (radius ~ 1/N);
+  * the f-number shows as defocus of the background and midground layers (radius ~ 1/N, with a
+    small spread from the scene's depth and the focal length);
   * the ISO shows as signal-dependent sensor noise (variance ~ signal * gain, gain ~ ISO);
   * the JPEG is compressed at quality 85..95 and carries the settings as EXIF.
 
@@ -39,7 +40,7 @@ from PIL import Image, ImageDraw, ImageFilter, TiffImagePlugin
 from exif_keras import labels
 
 SAMPLE_CAMERA = ("exif-keras", "Synthetic Camera")  # EXIF Make, Model
-SAMPLE_VERSION = 1  # bump when the rendering changes, so cached samples are regenerated
+SAMPLE_VERSION = 2  # bump when the rendering changes, so cached samples are regenerated
 MARKER = "sample_summary.json"  # written last: its presence means the directory is complete
 
 LONG_SIDE = 500
@@ -56,6 +57,17 @@ OBJECT_BLUR_CAP = 60.0  # px; longer smears would leave only a faint ghost
 NOISE_GAIN_PER_ISO100 = 1.0e-4  # variance of linear signal 1.0 at ISO 100 (shot noise)
 READ_NOISE_PER_ISO100 = 2.0e-4  # std of the signal-independent floor at ISO 100
 JPEG_QUALITY_RANGE = (85, 95)
+# Aperture: defocus radius = DEFOCUS_SCALE * depth * (focal_length / 35) ** FOCAL_EXPONENT / N px,
+# capped at DEFOCUS_CAP (f/2: ~8 px, f/5.6: ~3 px, f/16: ~1 px). The model sees neither the depth
+# nor the focal length, so they are nuisance: version 1 let them scale the radius by 6x (depth
+# 5..9 times sqrt(18..200 mm / 35)), 5 aperture stops of ambiguity over a 7-stop range, which
+# capped what any model could learn from the pixels (BUILD.md, "The joint model on the sample").
+# Now a photographer keeping the background at about the same distance (depth within +-15%) and
+# a weak focal-length term leave a ~2x spread: the f-number dominates the blur, as it should.
+DEFOCUS_SCALE = 16.0
+DEPTH_RANGE = (0.85, 1.15)
+FOCAL_EXPONENT = 0.25
+DEFOCUS_CAP = 12.0
 
 # Shutter stops in thirds, as cameras write them (exact fractions of a second).
 SHUTTER_STOPS = tuple(Fraction(1, d) for d in (
@@ -293,6 +305,13 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
+def defocus_radius(f_number: float, focal_length: float, depth: float) -> float:
+    """Defocus radius in pixels of the far layer: ~ 1/f-number, times the scene's depth factor
+    and a weak focal-length factor, capped at DEFOCUS_CAP."""
+    return min(DEFOCUS_CAP, DEFOCUS_SCALE * depth * (focal_length / 35.0) ** FOCAL_EXPONENT
+               / f_number)
+
+
 def _defocus(image: np.ndarray, radius: float) -> np.ndarray:
     """Gaussian defocus of an sRGB layer (PIL's box-approximated blur: fast)."""
     if radius < 0.3:
@@ -410,16 +429,15 @@ def render_image(rng: np.random.Generator, settings: dict) -> Image.Image:
     has_mover = rng.random() < MOVING_OBJECT_PROBABILITY
     mover_speed = rng.uniform(*OBJECT_SPEED_RANGE)
     mover_angle, mover_bend = rng.uniform(0, 2 * np.pi), rng.normal(0.0, 0.1)
-    depth = rng.uniform(5.0, 9.0)
+    depth = rng.uniform(*DEPTH_RANGE)
     shake_rate = rng.uniform(*SHAKE_RATE_RANGE)
     shake_cap = rng.uniform(*SHAKE_CAP_RANGE)
     shake_angle, shake_bend = rng.uniform(0, 2 * np.pi), rng.normal(0.0, 0.15)
     noise = _gaussian_noise(rng, (h, w, 3))
 
-    # Aperture: out-of-focus layers blur with radius ~ focal length / f-number (thin lens, far
-    # background); the near layer is in focus.
-    radius = min(12.0, depth * math.sqrt(settings.get("focal_length", 35) / 35.0)
-                 / settings["f_number"])
+    # Aperture: out-of-focus layers blur with radius ~ 1 / f-number (defocus_radius); the near
+    # layer is in focus.
+    radius = defocus_radius(settings["f_number"], settings.get("focal_length", 35), depth)
     scene = _defocus(far, radius * 0.9)
     _paint_layer(scene, middle, grain)
     scene = _defocus(scene, radius * 0.45)

@@ -155,7 +155,23 @@ def test_slow_shutter_blurs_the_same_scene(seed):
 def test_high_iso_is_noisier_and_wide_aperture_softer():
     base = _sharpness(_render(0))
     assert _sharpness(_render(0, iso=1600)) > 1.15 * base
-    assert _sharpness(_render(0, f_number=1.8)) < 0.95 * base
+    # Against f/16, whose background is about 1 px soft (f/8 is already ~2 px: this pixel-scale
+    # measure saturates there).
+    assert _sharpness(_render(0, f_number=1.8)) < 0.95 * _sharpness(_render(0, f_number=16.0))
+
+
+def test_the_f_number_dominates_the_defocus():
+    """The model sees neither the scene's depth nor the focal length: over their whole range, a
+    lens three stops wider (f/2.8 against f/8) always blurs the background more, and the spread
+    they add stays under 1.5 stops of blur (version 1 of the sample let them scale it by 6x)."""
+    radii = {n: [sample.defocus_radius(n, focal, depth) for focal in sample.FOCAL_LENGTHS
+                 for depth in sample.DEPTH_RANGE] for n in (2.8, 8.0)}
+    assert min(radii[2.8]) > max(radii[8.0])
+    assert max(radii[8.0]) / min(radii[8.0]) < 2.0 ** 1.5
+    # Visible at the wide end, still a pixel at f/16, and never above the cap.
+    assert sample.defocus_radius(2.0, 35, 1.0) >= 6.0
+    assert sample.defocus_radius(16.0, 35, 1.0) >= 0.9
+    assert sample.defocus_radius(1.0, 200, sample.DEPTH_RANGE[1]) == sample.DEFOCUS_CAP
 
 
 def test_blur_lengths_are_plausible():
