@@ -678,11 +678,27 @@ def head_of(model: keras.Model) -> keras.Model:
     return per_patch_of(model).get_layer("head")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(kind: str, learning_rate: float, total_steps: int):
+    """The optimizer's learning rate: a float (constant), or a Keras schedule of the optimizer's
+    step count, which Keras saves with the optimizer, so a resumed run continues the schedule."""
+    if kind == "constant":
+        return float(learning_rate)
+    if kind == "cosine":
+        if total_steps < 1:
+            raise ValueError(f"a cosine schedule needs at least one step, got {total_steps}")
+        return keras.optimizers.schedules.CosineDecay(float(learning_rate), total_steps)
+    raise ValueError(f"unknown learning-rate schedule {kind!r}; choose from {LR_SCHEDULES}")
+
+
 def compile_model(
-    model: keras.Model, learning_rate: float = 1e-3, label_smoothing: float = 0.0,
+    model: keras.Model, learning_rate=1e-3, label_smoothing: float = 0.0,
     loss_weights: Optional[dict] = None, ordinal_sigma: float = 0.0, **compile_kwargs
 ) -> None:
-    """Adam, and per head a masked loss and metric (labels -1 / NaN count for nothing).
+    """Adam (``learning_rate``: a float or a Keras schedule), and per head a masked loss and
+    metric (labels -1 / NaN count for nothing).
 
     Classification heads: cross-entropy on integer class ids (``[B]`` or ``[B, 1]``), metric
     "accuracy" (:class:`exif_keras.stops.MaskedAccuracy`). Without smoothing or ordinal spread

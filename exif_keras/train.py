@@ -69,6 +69,10 @@ _BN_MOMENTUM = flags.DEFINE_float(
     "batchnorm_momentum", 0.99, "Momentum of the moving statistics of batch normalisation; 0.9 "
     "suits short runs, whose statistics would otherwise lag the weights at evaluation.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+_LR_SCHEDULE = flags.DEFINE_enum(
+    "lr_schedule", "constant", list(model_lib.LR_SCHEDULES),
+    "constant: --learning_rate throughout; cosine: Keras' CosineDecay from --learning_rate to 0 "
+    "over the run's --epochs (steps counted by the optimizer, so a resumed run continues it).")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (0 = one-hot).")
 _ORDINAL_SIGMA = flags.DEFINE_float(
     "ordinal_sigma", 0.0, "Fine tasks: spread the target over neighbouring classes, a discretised "
@@ -142,6 +146,7 @@ class TrainConfig:
     l2: float = 1e-3
     batchnorm_momentum: float = 0.99
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     label_smoothing: float = 0.0
     ordinal_sigma: float = 0.0
     field_weights: Optional[dict] = None  # {field: loss weight}; default 1 each
@@ -678,7 +683,10 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
             model = model_lib.build_model(model_config)
         except model_lib.BackboneWeightsError as e:
             raise TrainError(str(e)) from e
-        model_lib.compile_model(model, learning_rate=config.learning_rate,
+        learning_rate = model_lib.learning_rate_schedule(
+            config.lr_schedule, config.learning_rate,
+            total_steps=config.epochs * inputs.steps_per_epoch)
+        model_lib.compile_model(model, learning_rate=learning_rate,
                                 label_smoothing=config.label_smoothing,
                                 ordinal_sigma=config.ordinal_sigma,
                                 loss_weights=config.field_weights)

@@ -481,3 +481,19 @@ def test_several_heads_mask_missing_labels():
                                                                         heads=heads)))
     assert again.heads == heads
 
+
+def test_learning_rate_schedules():
+    assert exif_model.learning_rate_schedule("constant", 3e-3, total_steps=100) == 3e-3
+    cosine = exif_model.learning_rate_schedule("cosine", 1e-3, total_steps=100)
+    assert float(cosine(0)) == pytest.approx(1e-3)
+    assert float(cosine(50)) == pytest.approx(5e-4, rel=1e-4)  # half way down the cosine
+    assert float(cosine(100)) == pytest.approx(0.0, abs=1e-9)
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, {"shutter": keras.layers.Dense(2, activation="softmax",
+                                                               name="shutter")(inputs)})
+    exif_model.compile_model(model, learning_rate=cosine)
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="at least one step"):
+        exif_model.learning_rate_schedule("cosine", 1e-3, total_steps=0)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'"):
+        exif_model.learning_rate_schedule("step", 1e-3, total_steps=10)
