@@ -41,6 +41,7 @@ from exif_keras.cli import shared_flag
 
 DEFAULT_LAYER = "head_conv1"
 MAX_MAPS = 64  # filters drawn at most (F = 128 would make maps too small to see)
+MAX_TITLE_CLASSES = 4  # classes named in the title (a fine shutter head has 20)
 
 
 class ExplainError(Exception):
@@ -174,6 +175,16 @@ class Explainer:
 
 # ------------------------------------------------------------------------------------ the figure
 
+def top_classes(names: Sequence[str], probabilities, most: int = MAX_TITLE_CLASSES) -> str:
+    """'1/60 s 0.33, 1/125 s 0.28, ...': the most probable classes first, at most ``most`` of
+    them, so that a fine head's 13 or 20 classes do not run off the figure."""
+    probabilities = np.asarray(probabilities)
+    order = np.argsort(-probabilities, kind="stable")[:most]
+    text = ", ".join(f"{names[i]} {probabilities[i]:.2f}" for i in order)
+    rest = len(names) - len(order)
+    return text + (f", {rest} more classes" if rest > 0 else "")
+
+
 def render(explanation: Explanation, class_names: Sequence[str], path: str,
            title: str = "") -> str:
     """Writes the figure of one photo (see the module docstring)."""
@@ -211,9 +222,9 @@ def render(explanation: Explanation, class_names: Sequence[str], path: str,
     ax.set_ylim(max(height - 0.5, max(y + s for y, _, s in e.boxes) - 0.5),
                 min(-0.5, min(y for y, _, _ in e.boxes) - 0.5))
     ax.set_axis_off()
-    whole = ", ".join(f"{n} {p:.2f}" for n, p in zip(names, probabilities))
+    whole = top_classes(names, probabilities)
     ax.set_title((f"{title}\n" if title else "")
-                 + f"photo: {class_names[e.predicted]} ({whole}); "
+                 + f"photo: {class_names[e.predicted]} ({whole})\n"
                  f"{len(e.boxes)} patches, each with its own prediction", fontsize=9)
 
     ax = figure.add_subplot(grid[0, 1])

@@ -122,6 +122,16 @@ def test_dict_outputs_one_per_field():
         explainer.explain(image, field="aperture")
 
 
+def test_title_names_the_most_probable_classes_first():
+    """A fine head's 20 classes would run off the figure: the title keeps the top ones."""
+    names = [f"c{i}" for i in range(20)]
+    probabilities = np.full(20, 0.01)
+    probabilities[[7, 3, 12, 5, 9]] = [0.33, 0.28, 0.10, 0.05, 0.04]
+    assert explain.top_classes(names, probabilities) == (
+        "c7 0.33, c3 0.28, c12 0.10, c5 0.05, 16 more classes")
+    assert explain.top_classes(["fast", "slow"], [0.2, 0.8]) == "slow 0.80, fast 0.20"
+
+
 def test_cli_writes_readable_pngs_and_skips_bad_files(run_dir, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
