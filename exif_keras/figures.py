@@ -87,8 +87,10 @@ def confusion_matrix_figure(matrix, class_names: Sequence[str], title: str = "")
     small = n > 6
     for i in range(n):
         for j in range(n):
-            text = f"{matrix[i, j]}" if small else f"{matrix[i, j]}\n{rates[i, j]:.0%}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=6 if small else 9,
+            # many classes: an empty cell is a plain 0, so the filled ones stand out
+            text = (f"{matrix[i, j]}\n{rates[i, j]:.0%}" if matrix[i, j] or not small
+                    else "0")
+            ax.text(j, i, text, ha="center", va="center", fontsize=5.5 if small else 9,
                     color="white" if rates[i, j] > 0.5 else "black")
     ax.set_xticks(range(n), class_names, rotation=30 if longest > 8 else 0, ha="right"
                   if longest > 8 else "center", fontsize=7 if small else 8)
