@@ -135,6 +135,8 @@ class RunInfo:
     model_dir: str
     config: model_lib.ModelConfig
     heads: tuple  # labels.TaskSpec per model output, in the model's order
+    # {head name: fine class counts of the training split} (fine heads; older runs: none)
+    train_class_counts: Mapping = dataclasses.field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -167,7 +169,7 @@ def read_run(model_dir: str, need_weights: bool = True) -> RunInfo:
     if expected != built:
         raise ExportError(f"{model_dir!r}: {RUN_CONFIG} names the heads {expected} but "
                           f"{model_lib.CONFIG_FILENAME} has {built}")
-    return RunInfo(model_dir, config, heads)
+    return RunInfo(model_dir, config, heads, run_config.get("train_class_counts") or {})
 
 
 def task_from_json(task: Mapping) -> labels.TaskSpec:
@@ -562,7 +564,9 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
             "format": 1,
             "model_name": run.model_name,
             "heads": [dict(h.to_json(), fine_class_names=list(
-                labels.field_spec(h.field).class_names)) for h in heads],
+                labels.field_spec(h.field).class_names),
+                **({"train_class_counts": run.train_class_counts[h.name]}
+                   if h.name in run.train_class_counts else {})) for h in heads],
             "num_patches": config.num_patches,
             "patch_size": config.patch_size,
             "max_pixels": max_pixels,

@@ -67,6 +67,12 @@ def short_name(class_name: str) -> str:
 
 # ----------------------------------------------------------------------------- confusion matrix
 
+def cell_label(count: int, share: float, many_classes: bool) -> str:
+    """A confusion-matrix cell: its count and its share of the row; with many classes an empty
+    cell is a plain 0, so that the filled ones stand out."""
+    return f"{count}\n{share:.0%}" if count or not many_classes else "0"
+
+
 def confusion_matrix_figure(matrix, class_names: Sequence[str], title: str = "") -> np.ndarray:
     """The confusion matrix as an RGB uint8 image: rows the true class, columns the predicted one,
     each cell with its count and its share of the row (the recall on the diagonal), shaded by that
@@ -87,10 +93,7 @@ def confusion_matrix_figure(matrix, class_names: Sequence[str], title: str = "")
     small = n > 6
     for i in range(n):
         for j in range(n):
-            # many classes: an empty cell is a plain 0, so the filled ones stand out
-            text = (f"{matrix[i, j]}\n{rates[i, j]:.0%}" if matrix[i, j] or not small
-                    else "0")
-            ax.text(j, i, text, ha="center", va="center", fontsize=5.5 if small else 9,
+            ax.text(j, i, cell_label(matrix[i, j], rates[i, j], small), ha="center", va="center", fontsize=5.5 if small else 9,
                     color="white" if rates[i, j] > 0.5 else "black")
     ax.set_xticks(range(n), class_names, rotation=30 if longest > 8 else 0, ha="right"
                   if longest > 8 else "center", fontsize=7 if small else 8)

@@ -37,7 +37,7 @@ import math
 import os
 import sys
 import warnings
-from typing import Iterable, Optional, Sequence, TextIO
+from typing import Iterable, Mapping, Optional, Sequence, TextIO
 
 import numpy as np
 import tensorflow as tf
@@ -116,6 +116,18 @@ class Predictor:
             return (labels.TaskSpec(m["field"], m["task"], tuple(m["class_names"]),
                                     tuple(m["fine_to_target"])),)
         return ()
+
+    @property
+    def majority_stops(self) -> dict:
+        """{field: the training split's most frequent class, in stops}: the constant answer the
+        estimates must beat, for the fine heads whose training class counts the export records."""
+        out = {}
+        for head in self.metadata.get("heads") or ():
+            counts = head.get("train_class_counts")
+            if counts and sum(counts) > 0:
+                field = head["field"]
+                out[field] = float(stops.class_values(field)[stops.majority_class(counts)])
+        return out
 
     @property
     def task(self) -> Optional[labels.TaskSpec]:
@@ -373,17 +385,23 @@ def estimate_line(path: str, estimate: dict, truth: dict) -> str:
     return text
 
 
-def estimate_summary(rows: Sequence[dict], failed: Sequence, fields: Sequence[str]) -> dict:
-    """Per field: photos with that EXIF value, the MAE in stops, the within-one-stop rate and the
-    binary agreement of the estimates."""
+def estimate_summary(rows: Sequence[dict], failed: Sequence, fields: Sequence[str],
+                     majority_stops: Optional[Mapping[str, float]] = None) -> dict:
+    """Per field: photos with that EXIF value, the MAE in stops, the same for always answering
+    the training split's most frequent class (``majority_stops``; None where unknown), the
+    within-one-stop rate and the binary agreement of the estimates."""
     per_field = {}
     for field in fields:
         truths = [r["exif"][field] for r in rows if r["exif"].get(field)]
         errors = np.array([abs(t["error_stops"]) for t in truths], np.float64)
         binary = [t["binary_agrees"] for t in truths if t["binary_agrees"] is not None]
+        constant = (majority_stops or {}).get(field)
         per_field[field] = {
             "with_exif": len(truths),
             "mae_stops": float(errors.mean()) if len(errors) else None,
+            "majority_mae_stops": float(np.mean([
+                abs(stops.value_to_stops(t["value"], field) - constant) for t in truths]))
+            if truths and constant is not None else None,
             "within_one_stop": float(np.mean(errors <= 1.0)) if len(errors) else None,
             "binary_photos": len(binary),
             "binary_agreement": float(np.mean(binary)) if binary else None,
@@ -393,12 +411,13 @@ def estimate_summary(rows: Sequence[dict], failed: Sequence, fields: Sequence[st
 
 def estimate_summary_text(summary: dict) -> str:
     lines = [f"{summary['photos']} photo(s) predicted, {summary['failed']} failed."]
-    rows = [[field, s["with_exif"], s["mae_stops"], _pct(s["within_one_stop"]),
-             f"{_pct(s['binary_agreement'])} of {s['binary_photos']}"]
+    rows = [[field, s["with_exif"], s["mae_stops"], s["majority_mae_stops"],
+             _pct(s["within_one_stop"]), f"{_pct(s['binary_agreement'])} of {s['binary_photos']}"]
             for field, s in summary["fields"].items() if s["with_exif"]]
     if rows:
         lines.append(evaluation.format_table(
-            rows, ["field", "with EXIF", "MAE stops", "within 1 stop", "binary agrees"]))
+            rows, ["field", "with EXIF", "MAE stops", "majority MAE", "within 1 stop",
+                   "binary agrees"]))
     return "\n".join(lines)
 
 
@@ -507,7 +526,7 @@ def _run_estimates(predictor: Predictor, paths, batch_size, as_json, out, err) -
                 estimate_line(path, estimate, truth) + "".join(
                     f"  [{f}: {c}]" for f, c in row["classes"].items()))
         print(line, file=out, flush=True)
-    summary = estimate_summary(rows, failed, fields)
+    summary = estimate_summary(rows, failed, fields, predictor.majority_stops)
     print(json.dumps({"summary": summary}) if as_json else estimate_summary_text(summary),
           file=out)
     return 1 if failed else 0

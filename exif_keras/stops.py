@@ -415,6 +415,12 @@ def class_counts(class_ids, field: str) -> np.ndarray:
     return np.bincount(ids[(ids >= 0) & (ids < r)], minlength=r).astype(np.int64)
 
 
+def majority_class(train_counts) -> int:
+    """The training split's most frequent class (the first of equals): the constant answer every
+    estimate is measured against (``majority_mae_stops``)."""
+    return int(np.argmax(np.asarray(train_counts)))
+
+
 def field_metrics(field: str, true_classes, probabilities, train_counts) -> dict:
     """Metrics in stops of one field over the photos that have a label (true class >= 0).
 
@@ -444,7 +450,7 @@ def field_metrics(field: str, true_classes, probabilities, train_counts) -> dict
     if np.any(y >= r):
         raise ValueError(f"{field}: class ids must be -1 or in [0, {r}); "
                          f"received {int(y.max())}")
-    majority = int(np.argmax(counts))
+    majority = majority_class(counts)
     labelled = y >= 0
     y, p = y[labelled], p[labelled]
     groups = labels.task_spec(field, "binary").fine_to_target

@@ -674,6 +674,9 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     _write_json(os.path.join(out_dir, RUN_CONFIG), {
         "train": dataclasses.asdict(config), "task": heads[0].to_json(),
         "heads": [h.to_json() for h in heads], "mixed_precision": mixed,
+        # for the export: predict measures estimates against the training split's majority class
+        "train_class_counts": {h.name: _train_class_counts(manifest, h.field)
+                               for h in heads if h.task == "fine"},
         "dtype_policy": dev.policy,
         "data_manifest": os.path.abspath(os.path.join(config.data_dir, "manifest.json"))})
 

@@ -81,3 +81,9 @@ def test_study_figure_written_and_readable(tmp_path):
     two = [figures.StudySeries("l2=0.001", ["0.001", "0.01"], [[0.7], [0.6]], [[0.6], [0.5]]),
            figures.StudySeries("l2=0.01", ["0.001", "0.01"], [[0.65], [0.55]], [[0.6], [0.5]])]
     _readable_png(figures.study_figure(two, "learning_rate", str(tmp_path / "g.png")))
+
+
+def test_cells_show_count_and_share_of_the_row():
+    assert figures.cell_label(12, 0.63, many_classes=True) == "12\n63%"
+    assert figures.cell_label(0, 0.0, many_classes=True) == "0"
+    assert figures.cell_label(0, 0.0, many_classes=False) == "0\n0%"

@@ -20,6 +20,12 @@ K, P = 2, 32
 FIELDS = labels.FIELDS
 
 
+# training class counts recorded for two fields only (an older run records none)
+SHUTTER_COUNTS = [0] * labels.field_spec("shutter").num_classes
+SHUTTER_COUNTS[3], SHUTTER_COUNTS[6] = 5, 9   # majority: class 6, 1/125 s
+APERTURE_COUNTS = [1] * labels.field_spec("aperture").num_classes  # ties: the first class
+
+
 def make_joint_run(model_dir: str) -> keras.Model:
     heads = labels.task_specs("all", "fine")
     config = model_lib.ModelConfig(
@@ -28,7 +34,9 @@ def make_joint_run(model_dir: str) -> keras.Model:
     model_lib.save_config(config, model_dir)
     with open(os.path.join(model_dir, export.RUN_CONFIG), "w") as f:
         json.dump({"train": {"field": "all", "task": "fine"}, "task": heads[0].to_json(),
-                   "heads": [h.to_json() for h in heads]}, f)
+                   "heads": [h.to_json() for h in heads],
+                   "train_class_counts": {"shutter": SHUTTER_COUNTS,
+                                          "aperture": APERTURE_COUNTS}}, f)
     keras.utils.set_random_seed(4)
     model = model_lib.build_model(config)
     model.save_weights(os.path.join(model_dir, export.BEST_WEIGHTS))
@@ -115,8 +123,16 @@ def test_predict_prints_estimates_and_stop_errors(joint, tmp_path, capsys):
     errors = [abs(rows[n]["exif"]["shutter"]["error_stops"]) for n in ("a.jpg", "b.jpg")]
     assert shutter["mae_stops"] == pytest.approx(np.mean(errors))
     assert shutter["within_one_stop"] == pytest.approx(np.mean([e <= 1 for e in errors]))
+    # the constant answer: the training split's most frequent class, from the export's metadata
+    assert stops.class_values("shutter")[6] == pytest.approx(np.log2(1 / 125), abs=0.05)
+    assert shutter["majority_mae_stops"] == pytest.approx(np.mean(
+        [abs(np.log2(t) - stops.class_values("shutter")[6]) for t in (1 / 125, 2.0)]))
+    aperture = summary["fields"]["aperture"]
+    assert aperture["with_exif"] == 1 and aperture["majority_mae_stops"] == pytest.approx(
+        abs(stops.value_to_stops(5.6, "aperture") - stops.class_values("aperture")[0]))
+    assert summary["fields"]["iso"]["majority_mae_stops"] is None  # no counts recorded
     # text mode: settings as cameras write them, the EXIF value and the error in stops
     predict.run([str(tmp_path / "a.jpg")], export_dir)
     text = capsys.readouterr().out
     assert " s  f/" in text and "  ISO " in text and "EXIF 1/125 s: shutter " in text
-    assert "MAE stops" in text
+    assert "MAE stops" in text and "majority MAE" in text

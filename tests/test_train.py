@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from exif_keras import make_records, sample, train
+from exif_keras import make_records, sample, stops, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -162,6 +162,17 @@ class _EpochsRun(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
+class _LearningRates(keras.callbacks.Callback):
+    """The optimizer's learning rate at the end of every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rates.append(float(self.model.optimizer.learning_rate))
+
+
 def _weights(path):
     import h5py
 
@@ -179,14 +190,17 @@ def _log(run):
 
 def test_a_run_killed_between_epochs_ends_where_an_uninterrupted_one_does(records, tmp_path):
     # with the cosine schedule, which only ends the same if the optimizer's step count resumes
+    rates = _LearningRates()
     straight = train.train(tiny_config(records, tmp_path / "straight", epochs=3,
-                                       lr_schedule="cosine"))
+                                       lr_schedule="cosine"), extra_callbacks=[rates])
+    # cosine from --learning_rate to 0 over the whole run: 1/2 (1 + cos(pi e / 3)) after epoch e
+    assert rates.rates == pytest.approx([0.75e-3, 0.25e-3, 0.0], abs=1e-9)
     config = tiny_config(records, tmp_path / "killed", epochs=3, lr_schedule="cosine")
     with pytest.raises(KeyboardInterrupt):
         train.train(config, extra_callbacks=[_KillAfter(1)])
-    seen = _EpochsRun()
-    resumed = train.train(config, extra_callbacks=[seen])
-    assert seen.epochs == [2]
+    seen, rates = _EpochsRun(), _LearningRates()
+    resumed = train.train(config, extra_callbacks=[seen, rates])
+    assert seen.epochs == [2] and rates.rates == pytest.approx([0.0], abs=1e-9)
     # the same data order and crops after the restart: the same losses, weights and metrics
     for a, b in zip(_log(tmp_path / "straight"), _log(tmp_path / "killed"), strict=True):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
@@ -267,6 +281,11 @@ def test_joint_fine_model_of_all_fields(records, tmp_path):
             assert key in test, (name, key)
         assert test["count"] == np.array(test["confusion_matrix"]).sum()
         assert test["within_one_stop"] >= test["accuracy"]
+    # the training split's class counts travel with the run (to the export, for predict)
+    recorded = json.loads((tmp_path / "run" / train.RUN_CONFIG).read_text())["train_class_counts"]
+    for name, field in metrics["fields"].items():
+        assert sum(recorded[name]) == field["splits"]["train"]["count"]
+        assert field["splits"]["test"]["majority_class"] == stops.majority_class(recorded[name])
     accuracies = [f["splits"]["test"]["accuracy"] for f in metrics["fields"].values()]
     assert metrics["test_accuracy"] == pytest.approx(np.mean(accuracies))
     header = open(tmp_path / "run" / train.CSV_LOG).readline()
