@@ -21,6 +21,13 @@ predicted and, when some had EXIF, how many predictions agree with it, per class
 "class_id", "class_name", "agrees"}`` with null class/agrees when the value is outside the
 task's classes), then one last line ``{"summary": {...}}``.
 
+A fine or joint model (``models/exif_all``) prints the estimated settings instead, each beside
+the photo's own EXIF value and the error in stops (``photo.jpg  1/125 s  f/5.6  ISO 400  | EXIF
+1/250 s: shutter +1.0 stops``); the summary gives per field the photos with EXIF, the MAE in
+stops, the MAE of always answering the training split's most frequent class (the bar an
+estimate must clear; recorded in exif_keras.json by exports of runs trained since it was added),
+the within-one-stop rate and the binary agreement.
+
 A file that cannot be read or decoded is reported on stderr with the reason and skipped; the
 others still run (a batch that fails is retried photo by photo). A photo whose header gives more
 pixels than the export's ``max_pixels`` (exif_keras.json; the served model refuses it too) is
