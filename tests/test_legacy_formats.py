@@ -1,0 +1,47 @@
+"""A run folder and an export written before the house rebuild (tests/data/legacy_v0_1, commit
+e303c1b) still load: predict reads the old export and gives the answer it gave then, and the
+old run folder exports again to a model that gives that same answer."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from exif_keras import export, predict
+
+LEGACY = pathlib.Path(__file__).parent / "data" / "legacy_v0_1"
+NAMES = ("binary_shutter", "joint_fine")
+
+
+def _expected(name: str) -> dict:
+    return json.loads((LEGACY / "expected_outputs.json").read_text())[name]
+
+
+def _check(outputs: dict, expected: dict) -> None:
+    assert sorted(outputs) == sorted(expected)
+    for key, want in expected.items():
+        got = outputs[key]
+        if got.dtype == object:
+            assert [g.decode() for g in np.ravel(got)] == want, key
+        else:
+            np.testing.assert_allclose(got, np.array(want), rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_old_export_loads_in_predict_and_answers_as_before(name):
+    predictor = predict.Predictor.load(str(LEGACY / f"models_{name}"))
+    assert predictor.heads, "exif_keras.json of the old export read"
+    _check(predictor([(LEGACY / "photo.jpg").read_bytes()]), _expected(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_old_run_folder_exports_to_the_same_answers(name, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY / "runs" / name, run)
+    path = export.export_model(str(run), str(tmp_path / "models" / name), write_config=False)
+    predictor = predict.Predictor.load(path)
+    _check(predictor([(LEGACY / "photo.jpg").read_bytes()]), _expected(name))
