@@ -4,7 +4,7 @@ Measures, each side by side in ONE process (interleaved repeats, median and rati
 machine is usually shared and noisy, so a ratio of two figures taken at the same moment means more
 than either figure alone):
 
-1. **pipeline**: images/s of :func:`exif_keras.dataset.make_dataset` (evaluation grid and training
+1. **pipeline**: images/s of :func:`exif_keras.data.pipeline.make_dataset` (evaluation grid and training
    crops; batch 32, k=8, P=128 by default) against a plain ``TFRecordDataset -> parse ->
    tf.io.decode_jpeg`` of the very same records (same read parallelism, AUTOTUNE map, same
    ``dct_method``; each image reduced to its shape and first pixel, batched by 32: the bare decode
@@ -46,7 +46,7 @@ pipeline steals CPU from the measured one). The garbage collector is off while t
 the median rate and its range, and ``ratio`` = median / median of the baseline (``paired``: the
 median of the per-round ratios, robust to slow drifts of the machine's load).
 
-Data: a sample of synthetic photos (:func:`exif_keras.sample.generate_sample`) converted with
+Data: a sample of synthetic photos (:func:`exif_keras.records.sample.generate_sample`) converted with
 :func:`exif_keras.make_records.run` into a temporary folder (``--work_dir`` keeps and reuses it),
 so the benchmark needs no network and no user data. Field "shutter", task "fine" for the pipeline:
 every sample photo has a class there, so the pipeline's label filter keeps every record and both
@@ -78,10 +78,13 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from exif_keras import dataset as data
-from exif_keras import devices as devices_lib
-from exif_keras import features, labels, make_records, sample
-from exif_keras import model as model_lib
+from exif_keras.data import pipeline as data
+from exif_keras.training import devices as devices_lib
+from exif_keras.records import features
+from exif_keras.common import labels
+from exif_keras.records import writer
+from exif_keras.records import sample
+from exif_keras.modeling import model as model_lib
 from exif_keras.cli import shared_flag
 
 try:  # optional: the serving section is skipped (with the reason) when the export is unusable
@@ -247,7 +250,7 @@ def prepare_data(work_dir: str, num_images: int, seed: int = 0,
     sample.generate_sample(sample_dir, count=num_images, seed=seed, progress=False,
                            workers=1 if num_images <= 64 else None)
     # One worker: a spawned pool would re-import this module (and TensorFlow) in every worker.
-    make_records.run(sample_dir, records_dir, layout="mirflickr25k", workers=1, progress=False,
+    writer.run(sample_dir, records_dir, layout="mirflickr25k", workers=1, progress=False,
                      source_description=f"benchmark sample: {num_images} images, seed {seed}")
     with open(marker, "w") as f:
         json.dump(wanted, f)
@@ -469,7 +472,7 @@ def convert_section(config: BenchConfig, inputs: Mapping[str, str], work_dir: st
     For the Beam runner ``seconds`` runs from the listing to the manifest, so it includes the
     pipeline's construction and the DirectRunner's start-up. CPU time: the child and its workers
     (``RUSAGE_CHILDREN``), start-up included. The sides alternate, round after round."""
-    from exif_keras import sources
+    from exif_keras.records import sources
 
     workers = config.convert_workers or os.cpu_count() or 1
     no_beam = beam_available()

@@ -33,9 +33,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from exif_keras import dataset as data
-from exif_keras import figures
-from exif_keras import model as model_lib
+from exif_keras.data import pipeline as data
+from exif_keras.common import figures
+from exif_keras.modeling import model as model_lib
 from exif_keras import predict
 from exif_keras.cli import shared_flag
 

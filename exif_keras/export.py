@@ -23,8 +23,8 @@ Signature ``serving_default`` (method ``tensorflow/serving/predict``)::
 Decisions:
 
 * **Preprocessing is the evaluation's, in the graph.** Each image is decoded on the CPU with
-  :func:`exif_keras.dataset.decode_image` and cut into the k patches of the deterministic grid with
-  :func:`exif_keras.dataset.extract_patches` (``is_training=False``; images smaller than a patch are
+  :func:`exif_keras.data.pipeline.decode_image` and cut into the k patches of the deterministic grid with
+  :func:`exif_keras.data.pipeline.extract_patches` (``is_training=False``; images smaller than a patch are
   zero-padded); normalisation is inside the Keras model. The same bytes give the same numbers as
   ``model(extract_patches(decode_image(bytes)))`` (tested), and an image's result does not depend
   on the other images of its batch (BatchNorm runs on its moving statistics).
@@ -88,10 +88,13 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from exif_keras import __version__, convert, labels, stops
+from exif_keras import __version__
+from exif_keras.records import convert
+from exif_keras.common import labels
+from exif_keras.common import stops
 from exif_keras.cli import shared_flag
-from exif_keras import dataset as data
-from exif_keras import model as model_lib
+from exif_keras.data import pipeline as data
+from exif_keras.modeling import model as model_lib
 
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "image_bytes"
@@ -315,7 +318,7 @@ def make_serving_fn(model, heads: Sequence[labels.TaskSpec], num_patches: int, p
       ``<field>_class_names``, per regression head ``<field>_stops``, and for every fine or
       regression head the estimate as cameras write it: ``exposure_time`` (seconds),
       ``f_number``, ``iso`` and ``exif_text`` (e.g. "1/125 s, f/5.6, ISO 400"), from the
-      probability-weighted mean over the classes in stops (exif_keras.stops)."""
+      probability-weighted mean over the classes in stops (exif_keras.common.stops)."""
     plain = plain_signature(heads)
 
     def serving_default(image_bytes):

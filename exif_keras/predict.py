@@ -11,7 +11,7 @@ Output, one line per photo::
     photos/a.jpg  fast: 1/250 s or shorter  0.873  | EXIF 1/500 s: fast: 1/250 s or shorter, agrees
 
 The EXIF part appears when the photo carries the field in its own EXIF (read with
-:func:`exif_keras.exif.read_embedded_exif`, binned with the task's grouping from the export's
+:func:`exif_keras.common.exif.read_embedded_exif`, binned with the task's grouping from the export's
 ``assets.extra/exif_keras.json``); a value that the task leaves out (e.g. 1/125 s for the binary
 shutter task) is shown as "not in this task's classes". At the end: how many photos were
 predicted and, when some had EXIF, how many predictions agree with it, per class.
@@ -50,7 +50,10 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from exif_keras import evaluation, export, labels, stops
+from exif_keras import export
+from exif_keras.training import evaluation
+from exif_keras.common import labels
+from exif_keras.common import stops
 from exif_keras.cli import shared_flag
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -221,7 +224,7 @@ def read_settings(data: bytes) -> Optional[dict]:
 def _pillow_settings(Image, data: bytes) -> dict:
     with Image.open(io.BytesIO(data)) as image:
         try:
-            from exif_keras import exif as exif_lib
+            from exif_keras.common import exif as exif_lib
         except ImportError:  # minimal fallback: the Exif IFD's ExposureTime, FNumber, ISO
             ifd = image.getexif().get_ifd(0x8769)
             iso = ifd.get(0x8827)

@@ -72,7 +72,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from absl import app, flags
 
-from exif_keras import figures
+from exif_keras.common import figures
 
 TRAIN_MODULE = "exif_keras.train"
 
@@ -462,11 +462,12 @@ def _write_text(path: str, text: str) -> None:
 def majority_accuracy(settings: Mapping) -> dict[str, Optional[float]]:
     """{"validation", "test"}: accuracy of always answering the split's largest class, from the
     records' manifest counts for the run's field and task (None when not computable)."""
-    from exif_keras import dataset, labels
+    from exif_keras.data import pipeline
+    from exif_keras.common import labels
 
     out = {"validation": None, "test": None}
     try:
-        manifest = dataset.read_manifest(settings["data_dir"])
+        manifest = pipeline.read_manifest(settings["data_dir"])
         spec = labels.task_spec(settings["field"], settings.get("task") or "binary")
     except Exception:  # noqa: BLE001 - no records, or a task without classes (regression)
         return out

@@ -30,11 +30,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from exif_keras import dataset as data
-from exif_keras import devices as devices_lib
-from exif_keras import evaluation, labels
-from exif_keras import figures
-from exif_keras import model as model_lib
+from exif_keras.data import pipeline as data
+from exif_keras.training import devices as devices_lib
+from exif_keras.training import evaluation
+from exif_keras.common import labels
+from exif_keras.common import figures
+from exif_keras.modeling import model as model_lib
 
 FIELDS = list(labels.FIELDS)
 

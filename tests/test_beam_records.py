@@ -23,12 +23,14 @@ from PIL import Image
 
 import mirflickr_fixtures as mf
 import exif_keras
-from exif_keras import convert, features, make_records
+from exif_keras.records import convert
+from exif_keras.records import features
+from exif_keras.records import writer
 
 beam = pytest.importorskip(
     "apache_beam", reason="Apache Beam is not installed: pip install -e '.[beam]' (make test "
     "installs it)")
-from exif_keras import beam_records  # noqa: E402 - needs apache_beam
+from exif_keras.records import beam_runner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpora" / "real-exif"
@@ -123,36 +125,36 @@ def _cli(*args) -> subprocess.CompletedProcess:
 # ------------------------------------------------------------------------------------------ tests
 
 def test_parse_pipeline_options():
-    assert beam_records.parse_pipeline_options("") == ["--runner=DirectRunner"]
-    assert beam_records.parse_pipeline_options(
+    assert beam_runner.parse_pipeline_options("") == ["--runner=DirectRunner"]
+    assert beam_runner.parse_pipeline_options(
         "--runner=DirectRunner, direct_num_workers=2") == DIRECT
-    with pytest.raises(beam_records.PipelineOptionsError, match="no_such_option"):
-        beam_records.parse_pipeline_options("--runner=DirectRunner,--no_such_option=1")
-    with pytest.raises(beam_records.PipelineOptionsError, match="--name=value"):
-        beam_records.parse_pipeline_options("-x")
+    with pytest.raises(beam_runner.PipelineOptionsError, match="no_such_option"):
+        beam_runner.parse_pipeline_options("--runner=DirectRunner,--no_such_option=1")
+    with pytest.raises(beam_runner.PipelineOptionsError, match="--name=value"):
+        beam_runner.parse_pipeline_options("-x")
 
 
 def test_listing_round_trip():
-    item = beam_records.sources.Item("12", "/d/im12.jpg", (("clean", "/d/a.txt"),
+    item = beam_runner.sources.Item("12", "/d/im12.jpg", (("clean", "/d/a.txt"),
                                                           ("raw", "/d/b.txt")))
-    assert beam_records._item_from_json(beam_records._item_to_json(7, item)) == (7, item)
+    assert beam_runner._item_from_json(beam_runner._item_to_json(7, item)) == (7, item)
 
 
 def test_bad_pipeline_options_are_a_runner_error(tmp_path):
     """make_records.main turns RunnerError into "make_records: error: ..." and exit status 2."""
-    with pytest.raises(make_records.RunnerError, match="bogus"):
-        make_records.run_with_runner("beam", str(tmp_path), str(tmp_path / "out"),
+    with pytest.raises(writer.RunnerError, match="bogus"):
+        writer.run_with_runner("beam", str(tmp_path), str(tmp_path / "out"),
                                      beam_pipeline_options="--runner=DirectRunner,--bogus=1")
-    with pytest.raises(make_records.RunnerError, match="expected local or beam"):
-        make_records.run_with_runner("spark", str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(writer.RunnerError, match="expected local or beam"):
+        writer.run_with_runner("spark", str(tmp_path), str(tmp_path / "out"))
 
 
 def test_beam_runner_without_beam_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "apache_beam", None)  # import apache_beam -> ImportError
-    monkeypatch.delitem(sys.modules, "exif_keras.beam_records")
+    monkeypatch.delitem(sys.modules, "exif_keras.records.beam_runner")
     monkeypatch.delattr(exif_keras, "beam_records")
-    with pytest.raises(make_records.RunnerError, match=r"pip install -e '\.\[beam\]'"):
-        make_records.run_with_runner("beam", str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(writer.RunnerError, match=r"pip install -e '\.\[beam\]'"):
+        writer.run_with_runner("beam", str(tmp_path), str(tmp_path / "out"))
 
 
 def test_mirflickr_fixture_cli_both_runners(tmp_path):
@@ -197,9 +199,9 @@ def test_mirflickr_fixture_cli_both_runners(tmp_path):
                     reason=f"the real-EXIF corpus is not at {CORPUS} (../shared beside the "
                            "repository)")
 def test_real_exif_corpus_both_runners(tmp_path):
-    local = make_records.run(str(CORPUS), str(tmp_path / "local"), layout="photos", workers=2,
+    local = writer.run(str(CORPUS), str(tmp_path / "local"), layout="photos", workers=2,
                              progress=False, shard_size=32)
-    beamed = beam_records.run(str(CORPUS), str(tmp_path / "beam"), layout="photos",
+    beamed = beam_runner.run(str(CORPUS), str(tmp_path / "beam"), layout="photos",
                               shard_size=32, pipeline_options=DIRECT)
     manifest = assert_same_records(tmp_path / "local", tmp_path / "beam")
     assert local["written"] == beamed["written"] == manifest["written"] >= 60
@@ -215,7 +217,7 @@ def test_failed_pipeline_leaves_previous_records_whole(tmp_path, monkeypatch):
         mf.write_clean_exif(root / "meta" / "exif" / f"exif{n}.txt", exposure_time=1 / 60,
                             f_number=4.0, iso=100)
     out = tmp_path / "out"
-    make_records.run(str(root), str(out), workers=1, progress=False)
+    writer.run(str(root), str(out), workers=1, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def broken(args):
@@ -223,5 +225,5 @@ def test_failed_pipeline_leaves_previous_records_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(convert, "convert_path", broken)  # the DirectRunner runs in this process
     with pytest.raises(Exception, match="a worker failed"):
-        beam_records.run(str(root), str(out), pipeline_options=["--runner=DirectRunner"])
+        beam_runner.run(str(root), str(out), pipeline_options=["--runner=DirectRunner"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp file, no listing

@@ -19,9 +19,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exif_keras import dataset as data
-from exif_keras import devices, export, make_records, sample, train
-from exif_keras import model as model_lib
+from exif_keras.data import pipeline as data
+from exif_keras import export, train
+from exif_keras.training import devices
+from exif_keras.records import writer
+from exif_keras.records import sample
+from exif_keras.modeling import model as model_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -31,7 +34,7 @@ def records(tmp_path_factory):
     """~48 sample images in several training shards (shard_size 8: 5 train shards)."""
     root = tmp_path_factory.mktemp("devices_data")
     sample.generate_sample(str(root / "sample"), count=48, seed=3, workers=2, progress=False)
-    make_records.run(str(root / "sample"), str(root / "records"), workers=2, progress=False,
+    writer.run(str(root / "sample"), str(root / "records"), workers=2, progress=False,
                      shard_size=8)
     return root / "records"
 
@@ -216,17 +219,19 @@ WORKER = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     import keras
-    from exif_keras import dataset, devices, train
+    from exif_keras import train
+    from exif_keras.data import pipeline
+    from exif_keras.training import devices
 
     index, out = int(sys.argv[1]), sys.argv[2]
     kill_after = int(os.environ.get("KILL_AFTER_EPOCH", "0"))
     seen = {"epochs": [], "shards": []}
 
-    real_read = dataset.read_records
+    real_read = pipeline.read_records
     def read_records(*args, shard=None, **kwargs):
         seen["shards"].append([args[1], shard])
         return real_read(*args, shard=shard, **kwargs)
-    dataset.read_records = read_records
+    pipeline.read_records = read_records
 
     real_begin = keras.callbacks.CSVLogger.on_epoch_begin
     def on_epoch_begin(self, epoch, logs=None):

@@ -1,4 +1,4 @@
-"""Tests of exif_keras.exif: MIRFLICKR EXIF text files and EXIF embedded in JPEGs.
+"""Tests of exif_keras.common.exif: MIRFLICKR EXIF text files and EXIF embedded in JPEGs.
 
 The oracle tests read the real-EXIF corpus at ``<repo>/../shared/corpora/real-exif`` (JPEGs from
 public EXIF test suites and what exiftool 12.57 reads from them, ``exiftool.tsv``) and are skipped
@@ -17,8 +17,8 @@ import sys
 import pytest
 from PIL import Image
 
-from exif_keras import exif
-from exif_keras.exif import (ExifReading, Settings, apex_to_exposure_time, apex_to_f_number,
+from exif_keras.common import exif
+from exif_keras.common.exif import (ExifReading, Settings, apex_to_exposure_time, apex_to_f_number,
                              parse_exif_text, read_embedded_exif, read_exif_text_file)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exif_keras import explain, labels
-from exif_keras import model as model_lib
+from exif_keras import explain
+from exif_keras.common import labels
+from exif_keras.modeling import model as model_lib
 
 K, P, F = 4, 32, 6
 NAMES = list(labels.task_spec("shutter", "binary").class_names)

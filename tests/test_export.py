@@ -27,9 +27,12 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from exif_keras import convert, dataset, export, labels
+from exif_keras import export
+from exif_keras.records import convert
+from exif_keras.data import pipeline
+from exif_keras.common import labels
 from image_bombs import jpeg_header_bomb, png_header_bomb
-from exif_keras import model as model_lib
+from exif_keras.modeling import model as model_lib
 
 K, P = 2, 32   # patches per image, patch size: tiny keeps the tests fast
 FIELD, TASK = "shutter", "binary"
@@ -103,7 +106,7 @@ def real_photo(max_bytes: int = 300_000):
 
 def keras_probabilities(model: keras.Model, encoded: bytes) -> np.ndarray:
     """What evaluation computes: decode, the k patches of the grid, the Keras model."""
-    patches = dataset.extract_patches(dataset.decode_image(tf.constant(encoded)), K, P,
+    patches = pipeline.extract_patches(pipeline.decode_image(tf.constant(encoded)), K, P,
                                       is_training=False)
     return model(patches[None], training=False)[FIELD].numpy()[0]
 
@@ -242,7 +245,7 @@ def test_parity_with_keras_model_on_evaluation_patches(signature, keras_model):
 
 def test_png_decodes_to_the_exact_pixels(signature, keras_model):
     array = textured(70, 100, 4)
-    patches = dataset.extract_patches(tf.constant(array), K, P, is_training=False)
+    patches = pipeline.extract_patches(tf.constant(array), K, P, is_training=False)
     expected = keras_model(patches[None], training=False)[FIELD].numpy()
     np.testing.assert_allclose(serve(signature, [encode(array, "PNG")])["probabilities"],
                                expected, rtol=1e-5, atol=1e-6)
@@ -493,11 +496,12 @@ def test_cli_errors_without_traceback(tmp_path, run_dir, exported, models_dir, c
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """A few sample images converted to records, as in tests/test_train.py."""
-    from exif_keras import make_records, sample
+    from exif_keras.records import writer
+    from exif_keras.records import sample
 
     root = tmp_path_factory.mktemp("train_data")
     sample.generate_sample(str(root / "sample"), count=32, seed=3, workers=1, progress=False)
-    make_records.run(str(root / "sample"), str(root / "records"), workers=1, progress=False)
+    writer.run(str(root / "sample"), str(root / "records"), workers=1, progress=False)
     return root / "records"
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exif_keras import evaluation, figures
+from exif_keras.training import evaluation
+from exif_keras.common import figures
 
 NAMES = ["fast: 1/250 s or shorter", "slow: 1/30 s or longer"]
 

@@ -23,7 +23,12 @@ import tensorflow as tf
 from PIL import Image, TiffImagePlugin
 
 import mirflickr_fixtures as mf
-from exif_keras import convert, exif, features, fileio, make_records, sources
+from exif_keras.records import convert
+from exif_keras.common import exif
+from exif_keras.records import features
+from exif_keras.common import files
+from exif_keras.records import writer
+from exif_keras.records import sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IN_MEMORY_BEAM = ["--runner=DirectRunner", "--direct_num_workers=1",
@@ -114,7 +119,7 @@ def to_ram(local: pathlib.Path) -> str:
 def _listing(input_dir: str, **kwargs):
     """list_items with the input folder taken off the paths, to compare disk and ram://."""
     layout, items = sources.list_items(input_dir, **kwargs)
-    strip = lambda p: fileio.relpath(p, input_dir)  # noqa: E731
+    strip = lambda p: files.relpath(p, input_dir)  # noqa: E731
     return layout, [(i.source_id, strip(i.image_path),
                      tuple((v, strip(p)) for v, p in i.exif_paths), i.embedded_exif,
                      i.skip_reason) for i in items]
@@ -168,8 +173,8 @@ def test_photos_from_ram_local_runner(tmp_path):
     local = tmp_path / "photos"
     photos_fixture(local)
     remote = to_ram(local)
-    make_records.run(str(local), str(tmp_path / "disk"), workers=1, progress=False, shard_size=2)
-    manifest = make_records.run(remote, str(tmp_path / "ram"), workers=1, progress=False,
+    writer.run(str(local), str(tmp_path / "disk"), workers=1, progress=False, shard_size=2)
+    manifest = writer.run(remote, str(tmp_path / "ram"), workers=1, progress=False,
                                 shard_size=2)
     assert manifest["source"] == remote
     manifest = assert_same_output(tmp_path / "disk", tmp_path / "ram")
@@ -182,8 +187,8 @@ def test_mirflickr25k_from_ram_local_and_beam_runners(tmp_path):
     local = tmp_path / "m25k"
     mirflickr25k_fixture(local)
     remote = to_ram(local)
-    make_records.run(str(local), str(tmp_path / "disk"), workers=1, progress=False, shard_size=4)
-    make_records.run(remote, str(tmp_path / "ram"), workers=1, progress=False, shard_size=4)
+    writer.run(str(local), str(tmp_path / "disk"), workers=1, progress=False, shard_size=4)
+    writer.run(remote, str(tmp_path / "ram"), workers=1, progress=False, shard_size=4)
     manifest = assert_same_output(tmp_path / "disk", tmp_path / "ram")
     assert manifest["layout"] == "mirflickr25k" and manifest["candidates"] == 24
     assert manifest["skipped"]["no_label"] >= 2 and manifest["written"] >= 15
@@ -191,8 +196,8 @@ def test_mirflickr25k_from_ram_local_and_beam_runners(tmp_path):
 
     pytest.importorskip("apache_beam", reason="Apache Beam is not installed: pip install -e "
                                               "'.[beam]' (make test installs it)")
-    from exif_keras import beam_records
-    beam_records.run(remote, str(tmp_path / "beam"), shard_size=4,
+    from exif_keras.records import beam_runner
+    beam_runner.run(remote, str(tmp_path / "beam"), shard_size=4,
                      pipeline_options=IN_MEMORY_BEAM)
     assert_same_output(tmp_path / "disk", tmp_path / "beam")
 
@@ -212,14 +217,14 @@ def test_missing_and_unreadable_inputs_on_ram(tmp_path):
     assert result.detail.startswith("FileNotFoundError: ") and "gone.jpg" in result.detail
     assert exif.read_exif_text_file(top + "/exif1.txt").problems == ["text:missing"]
     with pytest.raises(OSError):
-        fileio.read_bytes(top + "/empty")
+        files.read_bytes(top + "/empty")
 
     # tf.io.gfile's errors become Python's, so callers handle every file system alike.
     denied = tf.errors.PermissionDeniedError(None, None, "denied")
-    assert isinstance(fileio._os_error(denied, "gs://b/x.jpg"), PermissionError)
+    assert isinstance(files._os_error(denied, "gs://b/x.jpg"), PermissionError)
     missing = tf.errors.NotFoundError(None, None, "")
-    assert isinstance(fileio._os_error(missing, "gs://b/x.jpg"), FileNotFoundError)
-    assert "gs://b/x.jpg" in str(fileio._os_error(missing, "gs://b/x.jpg"))
+    assert isinstance(files._os_error(missing, "gs://b/x.jpg"), FileNotFoundError)
+    assert "gs://b/x.jpg" in str(files._os_error(missing, "gs://b/x.jpg"))
 
 
 def test_local_conversion_imports_no_tensorflow(tmp_path):

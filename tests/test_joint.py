@@ -13,8 +13,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image, TiffImagePlugin
 
-from exif_keras import export, labels, predict, stops
-from exif_keras import model as model_lib
+from exif_keras import export, predict
+from exif_keras.common import labels
+from exif_keras.common import stops
+from exif_keras.modeling import model as model_lib
 
 K, P = 2, 32
 FIELDS = labels.FIELDS

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from exif_keras import labels
+from exif_keras.common import labels
 
 
 @pytest.mark.parametrize("t,index,name", [

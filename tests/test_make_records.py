@@ -24,7 +24,11 @@ import tensorflow as tf
 from PIL import Image
 
 import mirflickr_fixtures as mf
-from exif_keras import convert, features, labels, make_records, sources
+from exif_keras.records import convert
+from exif_keras.records import features
+from exif_keras.common import labels
+from exif_keras.records import writer
+from exif_keras.records import sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpora" / "real-exif"
@@ -176,7 +180,7 @@ def test_odd_files_in_photos_layout(tmp_path):
     good = _jpeg_bytes(size=(400, 300), exif=exif)
     (d / "truncated.jpg").write_bytes(good[: len(good) // 2])
     out = tmp_path / "out"
-    manifest = make_records.run(str(d), str(out), layout="auto", workers=1, progress=False,
+    manifest = writer.run(str(d), str(out), layout="auto", workers=1, progress=False,
                                 max_pixels=1_000_000)
     assert manifest["layout"] == "photos"
     records, skipped = read_records(out), read_skipped(out)
@@ -207,7 +211,7 @@ def test_unreadable_file_is_skipped(tmp_path):
         (d / "locked.jpg").write_bytes(_jpeg_bytes(exif=_exif_bytes()))
         os.chmod(d / "locked.jpg", 0)
         expected["locked.jpg"] = "unreadable"
-    make_records.run(str(d), str(tmp_path / "o"), workers=1, progress=False)
+    writer.run(str(d), str(tmp_path / "o"), workers=1, progress=False)
     assert read_skipped(tmp_path / "o") == expected
     assert set(read_records(tmp_path / "o")) == {"ok.jpg"}
     with open(tmp_path / "o" / "skipped.tsv") as f:
@@ -226,7 +230,7 @@ def oracle():
 @pytest.fixture(scope="module")
 def photos_run(oracle, tmp_path_factory):
     out = tmp_path_factory.mktemp("photos_records")
-    manifest = make_records.run(str(CORPUS), str(out), layout="photos", workers=2,
+    manifest = writer.run(str(CORPUS), str(out), layout="photos", workers=2,
                                 progress=False)
     return manifest, read_records(out), read_skipped(out)
 
@@ -341,7 +345,7 @@ def test_mirflickr25k_clean_raw_and_auto(oracle, photos_run, tmp_path):
 
     for variant in ("clean", "raw", "auto"):
         out = tmp_path / f"out_{variant}"
-        manifest = make_records.run(str(root), str(out), layout="auto", exif_variant=variant,
+        manifest = writer.run(str(root), str(out), layout="auto", exif_variant=variant,
                                     workers=2, progress=False)
         assert manifest["layout"] == "mirflickr25k"
         records, skipped = read_records(out), read_skipped(out)
@@ -376,7 +380,7 @@ def test_mirflickr1m_layout(oracle, photos_run, tmp_path):
                           exposure_time=o["exposure_time"], f_number=o["f_number"], iso=o["iso"])
         want[str(n)] = _expected(o["exposure_time"], o["f_number"], o["iso"])
     out = tmp_path / "out"
-    manifest = make_records.run(str(root), str(out), workers=1, progress=False)
+    manifest = writer.run(str(root), str(out), workers=1, progress=False)
     assert manifest["layout"] == "mirflickr1m"
     records = read_records(out)
     assert {sid: record_labels(r) for sid, r in records.items()} == want
@@ -404,14 +408,14 @@ def test_same_command_same_records_and_stable_splits(tmp_path):
     root = tmp_path / "m"
     _tiny_25k(root, 40)
     a, b = tmp_path / "a", tmp_path / "b"
-    m1 = make_records.run(str(root), str(a), workers=2, progress=False, shard_size=8)
-    make_records.run(str(root), str(b), workers=1, progress=False, shard_size=8)
+    m1 = writer.run(str(root), str(a), workers=2, progress=False, shard_size=8)
+    writer.run(str(root), str(b), workers=1, progress=False, shard_size=8)
     assert _shard_bytes(a) == _shard_bytes(b)
     assert len(m1["shards"]["train"]) == math.ceil(
         sum(convert.split_of(str(n)) == "train" for n in range(1, 41)) / 8)
     first = {sid: r["split"] for sid, r in read_records(a).items()}
     _tiny_25k(root, 40, start=41)  # adding images never moves an old one
-    make_records.run(str(root), str(a), workers=2, progress=False, shard_size=8)
+    writer.run(str(root), str(a), workers=2, progress=False, shard_size=8)
     second = {sid: r["split"] for sid, r in read_records(a).items()}
     assert len(second) == 80
     assert all(second[sid] == split for sid, split in first.items())
@@ -430,7 +434,7 @@ def test_killed_run_leaves_previous_records_whole(tmp_path, monkeypatch):
     root = tmp_path / "m"
     _tiny_25k(root, 30)
     out = tmp_path / "out"
-    make_records.run(str(root), str(out), workers=1, progress=False, shard_size=8)
+    writer.run(str(root), str(out), workers=1, progress=False, shard_size=8)
     before = _shard_bytes(out)
     manifest_before = (out / features.MANIFEST).read_text()
     (out / "train-00000-of-00009.tfrecord.tmp-999").write_bytes(b"half")  # an earlier crash
@@ -446,7 +450,7 @@ def test_killed_run_leaves_previous_records_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(convert, "convert_path", dying)
     _tiny_25k(root, 10, start=31)
     with pytest.raises(KeyboardInterrupt):
-        make_records.run(str(root), str(out), workers=1, progress=False, shard_size=8)
+        writer.run(str(root), str(out), workers=1, progress=False, shard_size=8)
     assert _shard_bytes(out) == before
     assert (out / features.MANIFEST).read_text() == manifest_before
     assert not [p for p in os.listdir(out) if ".tmp-" in p]
@@ -506,7 +510,8 @@ def test_two_commands_give_byte_identical_shards_and_their_checksums(tmp_path):
 
 _KILLABLE = """
 import pathlib, sys, time
-from exif_keras import convert, make_records
+from exif_keras.records import convert
+from exif_keras.records import writer
 real, seen = convert.convert_path, []
 def stalling(args):
     seen.append(1)
@@ -515,7 +520,7 @@ def stalling(args):
         time.sleep(600)
     return real(args)
 convert.convert_path = stalling
-make_records.run(sys.argv[1], sys.argv[2], workers=1, progress=False, shard_size=4)
+writer.run(sys.argv[1], sys.argv[2], workers=1, progress=False, shard_size=4)
 """
 
 
@@ -545,7 +550,7 @@ def test_next_run_removes_a_killed_runs_temp_files_and_only_those(tmp_path):
     assert leftovers and all(".tfrecord.tmp-" in name for name in leftovers), leftovers
     assert not (out / features.MANIFEST).exists()
 
-    make_records.run(str(root), str(out), workers=1, progress=False, shard_size=4)
+    writer.run(str(root), str(out), workers=1, progress=False, shard_size=4)
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name and p.name not in foreign]
     for name, data in foreign.items():
         assert (out / name).read_bytes() == data, f"{name} is not the converter's to delete"
@@ -568,7 +573,7 @@ def test_hidden_and_nas_folders_are_skipped_and_counted(tmp_path):
     (d / ".git" / "config").write_text("[core]\n")  # not a JPEG name: not even counted
 
     out = tmp_path / "out"
-    manifest = make_records.run(str(d), str(out), workers=1, progress=False)
+    manifest = writer.run(str(d), str(out), workers=1, progress=False)
     assert set(read_records(out)) == set(photos)
     assert read_skipped(out) == {rel: "hidden" for rel in hidden}
     assert manifest["skipped"] == {"hidden": len(hidden)}
@@ -576,7 +581,7 @@ def test_hidden_and_nas_folders_are_skipped_and_counted(tmp_path):
     assert manifest["candidates"] == len(photos) + len(hidden)
 
     everything = tmp_path / "all"
-    manifest = make_records.run(str(d), str(everything), workers=1, progress=False,
+    manifest = writer.run(str(d), str(everything), workers=1, progress=False,
                                 include_hidden=True)
     assert set(read_records(everything)) == set(photos) | set(hidden)
     assert manifest["skipped"] == {} and manifest["options"]["include_hidden"]
@@ -669,7 +674,7 @@ def test_corrupt_jpeg_data_is_skipped(tmp_path, capfd):
         (d / name).write_bytes(data)
 
     out = tmp_path / "out"
-    manifest = make_records.run(str(d), str(out), workers=1, progress=False)
+    manifest = writer.run(str(d), str(out), workers=1, progress=False)
     records, skipped = read_records(out), read_skipped(out)
     assert {"good.jpg", "header_junk.jpg"} <= set(records)
     assert skipped["cut_scan.jpg"] == skipped["ff_run.jpg"] == "corrupt_jpeg_data"
@@ -703,7 +708,7 @@ def test_pixel_statistics_are_numpys_per_channel(tmp_path):
     Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(
         out, format="JPEG", quality=95, exif=_exif_bytes())
     (d / name).write_bytes(out.getvalue())
-    manifest = make_records.run(str(d), str(tmp_path / "out"), workers=1, progress=False)
+    manifest = writer.run(str(d), str(tmp_path / "out"), workers=1, progress=False)
     pixels = np.asarray(Image.open(d / name).convert("RGB"), dtype=np.float64).reshape(-1, 3)
     stats = manifest["pixel_stats"]["train"]
     assert stats["pixels"] == 150 * 200

@@ -1,4 +1,4 @@
-"""Tests of exif_keras.model: the paper's architecture (section 4.1), frozen trunk, weights, modes.
+"""Tests of exif_keras.modeling.model: the paper's architecture (section 4.1), frozen trunk, weights, modes.
 
 Never touches the network: VGG16 weights come from files saved here from a random VGG16, and the
 ImageNet download is made to fail. Tiny shapes (P=32, k=2, F=4) except where the paper's
@@ -16,9 +16,9 @@ import keras
 import numpy as np
 import pytest
 
-from exif_keras import model as exif_model
-from exif_keras import stops
-from exif_keras.model import (
+from exif_keras.modeling import model as exif_model
+from exif_keras.common import stops
+from exif_keras.modeling.model import (
     BackboneWeightsError,
     ModelConfig,
     build_model,

@@ -14,8 +14,9 @@ from absl import flags
 from absl.testing import flagsaver
 from PIL import Image, TiffImagePlugin
 
-from exif_keras import export, labels, predict
-from exif_keras import model as model_lib
+from exif_keras import export, predict
+from exif_keras.common import labels
+from exif_keras.modeling import model as model_lib
 from image_bombs import jpeg_header_bomb, png_header_bomb
 
 K, P = 2, 32

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exif_keras import labels, sample
+from exif_keras.common import labels
+from exif_keras.records import sample
 
 COUNT = 12
 SEED = 7

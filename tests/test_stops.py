@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exif_keras import labels, stops
+from exif_keras.common import labels
+from exif_keras.common import stops
 
 NUM = {f: labels.field_spec(f).num_classes for f in labels.FIELDS}
 

@@ -283,10 +283,11 @@ def test_failure_reasons(tmp_path):
 @pytest.mark.slow
 def test_one_real_run_through_the_training_command(tmp_path):
     """The real child command on tiny records: study -> train -> metrics.json -> results."""
-    from exif_keras import make_records, sample
+    from exif_keras.records import writer
+    from exif_keras.records import sample
 
     sample.generate_sample(str(tmp_path / "sample"), count=24, seed=5, workers=1, progress=False)
-    make_records.run(str(tmp_path / "sample"), str(tmp_path / "records"), workers=1,
+    writer.run(str(tmp_path / "sample"), str(tmp_path / "records"), workers=1,
                      progress=False)
     base = tmp_path / "tiny.flags"
     base.write_text(f"--field=shutter\n--data_dir={tmp_path / 'records'}\n--epochs=1\n"

@@ -15,7 +15,10 @@ import keras
 import numpy as np
 import pytest
 
-from exif_keras import make_records, sample, stops, train
+from exif_keras import train
+from exif_keras.records import writer
+from exif_keras.records import sample
+from exif_keras.common import stops
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -26,7 +29,7 @@ def records(tmp_path_factory):
     """~48 sample images converted to records (the same path as `make demo`, only smaller)."""
     root = tmp_path_factory.mktemp("train_data")
     sample.generate_sample(str(root / "sample"), count=48, seed=3, workers=2, progress=False)
-    make_records.run(str(root / "sample"), str(root / "records"), workers=2, progress=False)
+    writer.run(str(root / "sample"), str(root / "records"), workers=2, progress=False)
     return root / "records"
 
 

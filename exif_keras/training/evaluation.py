@@ -54,7 +54,7 @@ def classification_results(labels: np.ndarray, probabilities: np.ndarray) -> dic
 def binary_threshold(field: str) -> float:
     """The paper's binary grouping as a threshold in stops: halfway across the classes it leaves
     out (shutter: between 1/250 s and 1/30 s), so a regression is read as "fast" or "slow"."""
-    from exif_keras import labels as labels_lib
+    from exif_keras.common import labels as labels_lib
 
     groups = labels_lib.field_spec(field).binary_groups
     values = labels_lib.class_stops(field)
@@ -68,8 +68,8 @@ def regression_results(field: str, true_stops: np.ndarray, predicted_stops: np.n
     the binary grouping obtained by thresholding the prediction (:func:`binary_threshold`), over
     the examples whose true value falls in one of the two groups, so a regression row sits in the
     same table as the binary classifiers."""
-    from exif_keras import labels as labels_lib
-    from exif_keras import stops
+    from exif_keras.common import labels as labels_lib
+    from exif_keras.common import stops
 
     true_stops = np.asarray(true_stops, np.float64)
     predicted_stops = np.asarray(predicted_stops, np.float64)
@@ -98,7 +98,7 @@ def head_results(head, labels: np.ndarray, outputs: np.ndarray,
         return regression_results(head.field, labels, outputs, train_mean)
     out = classification_results(labels, outputs)
     if head.task == "fine":
-        from exif_keras import stops
+        from exif_keras.common import stops
 
         out.update({k: v for k, v in stops.field_metrics(head.field, labels, outputs,
                                                            train_counts).items()
@@ -127,13 +127,13 @@ def accuracy(matrix: np.ndarray) -> float:
 def render_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
                             title: str = "") -> np.ndarray:
     """The confusion matrix as an RGB uint8 image (see figures.confusion_matrix_figure)."""
-    from exif_keras import figures
+    from exif_keras.common import figures
 
     return figures.confusion_matrix_figure(matrix, class_names, title)
 
 
 def save_png(array: np.ndarray, path: str) -> None:
-    from exif_keras import figures
+    from exif_keras.common import figures
 
     figures.save_png(array, path)
 

@@ -71,7 +71,7 @@ from typing import Optional, Sequence
 import keras
 from keras import ops
 
-from exif_keras import stops
+from exif_keras.common import stops
 
 # Keras' own VGG16 no-top weights: file name, origin and md5, as in keras.applications.vgg16.
 VGG16_NOTOP_FILENAME = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -701,9 +701,9 @@ def compile_model(
     metric (labels -1 / NaN count for nothing).
 
     Classification heads: cross-entropy on integer class ids (``[B]`` or ``[B, 1]``), metric
-    "accuracy" (:class:`exif_keras.stops.MaskedAccuracy`). Without smoothing or ordinal spread
+    "accuracy" (:class:`exif_keras.common.stops.MaskedAccuracy`). Without smoothing or ordinal spread
     the loss is Keras' SparseCategoricalCrossentropy with ``ignore_class=-1``; otherwise
-    :class:`exif_keras.stops.MaskedOrdinalCrossentropy`, whose target spreads over neighbouring
+    :class:`exif_keras.common.stops.MaskedOrdinalCrossentropy`, whose target spreads over neighbouring
     classes (``ordinal_sigma``, in classes; for fine tasks, whose classes are ordered stops) and
     is smoothed, built inside the loss, so the input pipeline is the same either way.
     Regression heads: :class:`MaskedStandardizedMSE`,

@@ -44,7 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from exif_keras import labels
+from exif_keras.common import labels
 
 FIELDS = labels.FIELDS
 # The EXIF setting each field estimates, in the unit cameras write (also the serving output names).

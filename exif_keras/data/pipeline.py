@@ -67,7 +67,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from exif_keras import features, labels, stops
+from exif_keras.records import features
+from exif_keras.common import labels
+from exif_keras.common import stops
 
 DCT_METHOD = "INTEGER_ACCURATE"
 PARSE_BATCH = 64        # records parsed per tf.io.parse_example call

@@ -37,7 +37,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, TiffImagePlugin
 
-from exif_keras import labels
+from exif_keras.common import labels
 
 SAMPLE_CAMERA = ("exif-keras", "Synthetic Camera")  # EXIF Make, Model
 SAMPLE_VERSION = 2  # bump when the rendering changes, so cached samples are regenerated

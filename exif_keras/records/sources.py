@@ -15,7 +15,7 @@ they would put near-duplicates of one photo into different splits. Their JPEGs b
 ``include_hidden=True`` (``--include_hidden``).
 
 ``input_dir`` may be a local folder or any path ``tf.io.gfile`` reads (``gs://bucket/photos``):
-every listing goes through `exif_keras.fileio`, which reads local paths with ``os`` as before.
+every listing goes through `exif_keras.common.files`, which reads local paths with ``os`` as before.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import dataclasses
 import os
 import re
 
-from exif_keras import fileio
+from exif_keras.common import files
 
 
 LAYOUTS = ("auto", "mirflickr25k", "mirflickr1m", "photos")
@@ -60,35 +60,35 @@ def is_hidden(name: str) -> bool:
 def _hidden_items(folder: str, input_dir: str) -> list[Item]:
     """Every JPEG-named file under a hidden ``folder``, as items skipped as HIDDEN."""
     items = []
-    for root, dirs, files in fileio.walk(folder):
+    for root, dirs, names in files.walk(folder):
         dirs.sort()
-        for name in sorted(files):
+        for name in sorted(names):
             if name.lower().endswith(JPEG_SUFFIXES):
                 items.append(_hidden_item(os.path.join(root, name), input_dir))
     return items
 
 
 def _hidden_item(path: str, input_dir: str) -> Item:
-    return Item(fileio.relpath(path, input_dir), path, (), skip_reason=HIDDEN)
+    return Item(files.relpath(path, input_dir), path, (), skip_reason=HIDDEN)
 
 
 def _has_im25k(input_dir: str) -> bool:
     try:
-        return any(_IM25K.match(name) and kind == fileio.FILE
-                   for name, _, kind in fileio.entries(input_dir))
+        return any(_IM25K.match(name) and kind == files.FILE
+                   for name, _, kind in files.entries(input_dir))
     except OSError:
         return False
 
 
 def detect_layout(input_dir: str) -> str:
     """Recognises mirflickr25k, mirflickr1m or falls back to photos."""
-    if not fileio.isdir(input_dir):
+    if not files.isdir(input_dir):
         raise SourceError(f"--input_dir {input_dir!r} is not a directory")
-    if fileio.isdir(os.path.join(input_dir, "meta", "exif")) or fileio.isdir(
+    if files.isdir(os.path.join(input_dir, "meta", "exif")) or files.isdir(
             os.path.join(input_dir, "meta", "exif_raw")):
         if _has_im25k(input_dir):
             return "mirflickr25k"
-    if fileio.isdir(os.path.join(input_dir, "images")) and fileio.isdir(
+    if files.isdir(os.path.join(input_dir, "images")) and files.isdir(
             os.path.join(input_dir, "exif")):
         return "mirflickr1m"
     # Anything else, im<N>.jpg without meta/ included, is read as photos with embedded EXIF.
@@ -98,15 +98,15 @@ def detect_layout(input_dir: str) -> str:
 def _mirflickr25k_items(input_dir: str, exif_variant: str) -> list[Item]:
     clean_dir = os.path.join(input_dir, "meta", "exif")
     raw_dir = os.path.join(input_dir, "meta", "exif_raw")
-    if exif_variant == "clean" and not fileio.isdir(clean_dir):
+    if exif_variant == "clean" and not files.isdir(clean_dir):
         raise SourceError(f"--exif_variant=clean but {clean_dir} does not exist")
-    if exif_variant == "raw" and not fileio.isdir(raw_dir):
+    if exif_variant == "raw" and not files.isdir(raw_dir):
         raise SourceError(f"--exif_variant=raw but {raw_dir} does not exist")
     variants = {"clean": ("clean",), "raw": ("raw",), "auto": ("clean", "raw")}[exif_variant]
     items = []
-    for name, path, kind in fileio.entries(input_dir):
+    for name, path, kind in files.entries(input_dir):
         match = _IM25K.match(name)
-        if not match or kind != fileio.FILE:
+        if not match or kind != files.FILE:
             continue
         number = int(match.group(1))
         paths = []
@@ -124,19 +124,19 @@ def _mirflickr1m_items(input_dir: str, exif_variant: str,
     exif_dir = os.path.join(input_dir, "exif")
     variant = "auto" if exif_variant == "auto" else exif_variant
     items, hidden = [], []
-    for bucket in sorted(fileio.listdir(images_dir)):
+    for bucket in sorted(files.listdir(images_dir)):
         bucket_dir = os.path.join(images_dir, bucket)
-        if not fileio.isdir(bucket_dir):
+        if not files.isdir(bucket_dir):
             continue
         if not include_hidden and is_hidden(bucket):
             hidden.extend(_hidden_items(bucket_dir, input_dir))
             continue
-        for name, path, kind in fileio.entries(bucket_dir):
-            if not include_hidden and kind == fileio.FOLDER and is_hidden(name):
+        for name, path, kind in files.entries(bucket_dir):
+            if not include_hidden and kind == files.FOLDER and is_hidden(name):
                 hidden.extend(_hidden_items(path, input_dir))
                 continue
             match = _IM1M.match(name)
-            if not match or kind != fileio.FILE:
+            if not match or kind != files.FILE:
                 continue
             number = int(match.group(1))
             exif_path = os.path.join(exif_dir, str(number // 10000), f"{number}.txt")
@@ -147,19 +147,19 @@ def _mirflickr1m_items(input_dir: str, exif_variant: str,
 
 def _photo_items(input_dir: str, include_hidden: bool = False) -> list[Item]:
     items = []
-    for root, dirs, files in fileio.walk(input_dir):
+    for root, dirs, names in files.walk(input_dir):
         dirs.sort()
         if not include_hidden:
             for name in [d for d in dirs if is_hidden(d)]:
                 dirs.remove(name)
                 items.extend(_hidden_items(os.path.join(root, name), input_dir))
-        for name in sorted(files):
+        for name in sorted(names):
             if name.lower().endswith(JPEG_SUFFIXES):
                 path = os.path.join(root, name)
                 if not include_hidden and is_hidden(name):
                     items.append(_hidden_item(path, input_dir))
                     continue
-                items.append(Item(fileio.relpath(path, input_dir), path, (), embedded_exif=True))
+                items.append(Item(files.relpath(path, input_dir), path, (), embedded_exif=True))
     items.sort(key=lambda item: item.source_id)
     return items
 
@@ -173,7 +173,7 @@ def list_items(input_dir: str, layout: str = "auto", exif_variant: str = "auto",
     if exif_variant not in EXIF_VARIANTS:
         raise SourceError(
             f"unknown --exif_variant={exif_variant!r}; expected one of {', '.join(EXIF_VARIANTS)}")
-    if not fileio.isdir(input_dir):
+    if not files.isdir(input_dir):
         raise SourceError(f"--input_dir {input_dir!r} is not a directory")
     if layout == "auto":
         layout = detect_layout(input_dir)
@@ -181,7 +181,7 @@ def list_items(input_dir: str, layout: str = "auto", exif_variant: str = "auto",
         items = _mirflickr25k_items(input_dir, exif_variant)
     elif layout == "mirflickr1m":
         for sub in ("images", "exif"):
-            if not fileio.isdir(os.path.join(input_dir, sub)):
+            if not files.isdir(os.path.join(input_dir, sub)):
                 raise SourceError(
                     f"--layout=mirflickr1m expects {os.path.join(input_dir, sub)} to exist")
         items = _mirflickr1m_items(input_dir, exif_variant, include_hidden)

@@ -30,11 +30,11 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from exif_keras import exif as exif_lib
-from exif_keras import fileio
-from exif_keras import labels
-from exif_keras import sources
-from exif_keras.sources import Item
+from exif_keras.common import exif as exif_lib
+from exif_keras.common import files
+from exif_keras.common import labels
+from exif_keras.records import sources
+from exif_keras.records.sources import Item
 
 SKIP_REASONS = {
     "unreadable": "the file could not be read (permissions, I/O error, vanished)",
@@ -238,7 +238,7 @@ def convert_item(item: Item, options: Options) -> Converted:
             return skip("no_label", "EXIF text gives no usable shutter, aperture or ISO")
 
     try:
-        data = fileio.read_bytes(item.image_path)  # a local path, or gs://... through tf.io.gfile
+        data = files.read_bytes(item.image_path)  # a local path, or gs://... through tf.io.gfile
     except OSError as e:
         return skip("unreadable", f"{type(e).__name__}: {e}")
     if not data:

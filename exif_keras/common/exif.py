@@ -3,7 +3,7 @@
 Two sources, one result type. `ExifReading` holds what a source says, field by field, after the
 validity rules below (an invalid value is stored as ``None``, and the reason goes to ``problems``);
 `ExifReading.settings()` turns it into the normalised `Settings` the converter bins with
-`exif_keras.labels`. Nothing here raises on bad *content*: every oddity becomes a machine-readable
+`exif_keras.common.labels`. Nothing here raises on bad *content*: every oddity becomes a machine-readable
 code in ``problems`` so the converter can count it.
 
 Fields
@@ -94,7 +94,7 @@ import re
 import struct
 from typing import Any, Iterable, Optional
 
-from exif_keras import fileio
+from exif_keras.common import files
 
 FIELDS = ("exposure_time", "f_number", "iso", "shutter_speed_apex", "aperture_apex")
 VARIANTS = ("auto", "clean", "raw")
@@ -483,7 +483,7 @@ def _decode(data: bytes) -> str:
 def read_exif_text_file(path: Any, variant: str = "auto") -> ExifReading:
     """Reads and parses a MIRFLICKR EXIF text file; never raises for a bad or missing file."""
     try:
-        data = fileio.read_bytes(path, MAX_TEXT_BYTES + 1)  # local, or gs://... via tf.io.gfile
+        data = files.read_bytes(path, MAX_TEXT_BYTES + 1)  # local, or gs://... via tf.io.gfile
     except (FileNotFoundError, NotADirectoryError):
         return ExifReading(problems=["text:missing"])
     except (OSError, TypeError, ValueError):

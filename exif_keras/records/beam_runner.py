@@ -4,10 +4,10 @@ r"""The converter as an Apache Beam pipeline: the same records as ``make_records
         --beam_pipeline_options="--runner=DirectRunner,--direct_num_workers=2"
 
 Everything that decides what is written is shared with the local runner (`make_records`): the
-listing (`make_records.plan_conversion`, which calls `sources.list_items`), the per-image work
-(`convert.convert_path`), the split and shard of an image (`make_records.shard_of_result`), the
-record bytes (`make_records.serialize_record`), the shard names, and the manifest and
-``skipped.tsv`` (`make_records.Tally`, `make_records.finish_output`). Only the scheduling differs:
+listing (`writer.plan_conversion`, which calls `sources.list_items`), the per-image work
+(`convert.convert_path`), the split and shard of an image (`writer.shard_of_result`), the
+record bytes (`writer.serialize_record`), the shard names, and the manifest and
+``skipped.tsv`` (`writer.Tally`, `writer.finish_output`). Only the scheduling differs:
 
 1. The launcher lists the source, fixes the shard count of each split (from its candidate count,
    as the local runner does) and writes the listing to ``<output_dir>/items.jsonl.tmp-<token>``
@@ -17,14 +17,14 @@ record bytes (`make_records.serialize_record`), the shard names, and the manifes
 3. Written images are grouped by (split, shard); each group is sorted by listing position (the
    local runner's write order) and written to ``<shard>.tmp-<token>``. Every shard gets a group,
    so empty shards exist as empty files, as with the local runner.
-4. The per-image outcomes are combined into one `make_records.Tally`.
+4. The per-image outcomes are combined into one `writer.Tally`.
 5. One last step, after every shard is written, renames the shards into place, removes older
    shards and temporary files, and writes ``skipped.tsv`` and ``manifest.json``.
 
 Files are read and written through ``tf.io.gfile`` (shards, listing, manifest), so the output may
 be any path TensorFlow's file systems handle (``gs://``, ``hdfs://``, ``s3://`` with
 tensorflow-io). So may the input: `sources` lists it and `convert` reads the images and EXIF text
-through `exif_keras.fileio`, which uses ``tf.io.gfile`` for a path with a scheme and Python's own
+through `exif_keras.common.files`, which uses ``tf.io.gfile`` for a path with a scheme and Python's own
 file functions for a plain path (which must then be reachable by that path from the launcher and
 from every worker: a local disk with the DirectRunner, a shared mount on a cluster).
 
@@ -44,7 +44,10 @@ import apache_beam as beam
 from absl import logging
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from exif_keras import convert, features, make_records, sources
+from exif_keras.records import convert
+from exif_keras.records import features
+from exif_keras.records import writer
+from exif_keras.records import sources
 
 DEFAULT_PIPELINE_OPTIONS = ("--runner=DirectRunner",)
 _COUNTERS = "make_records"
@@ -126,41 +129,41 @@ class ConvertFn(beam.DoFn):
         yield index, result
 
 
-def keyed_record(element, plan: make_records.Plan):
+def keyed_record(element, plan: writer.Plan):
     """(index, Converted) -> ((split, shard), (index, record bytes)) for written images."""
     index, result = element
     if result.record is not None:
-        yield make_records.shard_of_result(result, plan), (
-            index, make_records.serialize_record(result))
+        yield writer.shard_of_result(result, plan), (
+            index, writer.serialize_record(result))
 
 
-def write_shard(element, plan: make_records.Plan, token: str) -> tuple[str, int, int]:
+def write_shard(element, plan: writer.Plan, token: str) -> tuple[str, int, int]:
     """Writes one shard's records in listing order to its temporary name."""
     import tensorflow as tf
 
     (split, shard), values = element
     records = sorted((v for v in values if v is not None), key=lambda v: v[0])
-    with tf.io.TFRecordWriter(make_records.temp_path(plan.final_paths[split][shard], token)) as w:
+    with tf.io.TFRecordWriter(writer.temp_path(plan.final_paths[split][shard], token)) as w:
         for _, data in records:
             w.write(data)
     return split, shard, len(records)
 
 
 class TallyFn(beam.CombineFn):
-    """Combines per-image outcomes into one `make_records.Tally`."""
+    """Combines per-image outcomes into one `writer.Tally`."""
 
-    def __init__(self, plan: make_records.Plan):
+    def __init__(self, plan: writer.Plan):
         self._plan = plan
 
     def create_accumulator(self):
-        return make_records.Tally()
+        return writer.Tally()
 
     def add_input(self, tally, element):
         index, result = element
         return tally.add(index, result, self._plan)
 
     def merge_accumulators(self, tallies):
-        merged = make_records.Tally()
+        merged = writer.Tally()
         for tally in tallies:
             merged.merge(tally)
         return merged
@@ -169,8 +172,8 @@ class TallyFn(beam.CombineFn):
         return tally
 
 
-def finish(_, plan: make_records.Plan, token: str, listing: str, started: float,
-           tally: make_records.Tally, shards: Sequence[tuple[str, int, int]]) -> dict:
+def finish(_, plan: writer.Plan, token: str, listing: str, started: float,
+           tally: writer.Tally, shards: Sequence[tuple[str, int, int]]) -> dict:
     """Runs once, after every shard is written: shards into place, skipped.tsv, manifest."""
     import tensorflow as tf
 
@@ -181,10 +184,10 @@ def finish(_, plan: make_records.Plan, token: str, listing: str, started: float,
                            f"expected {expected}")
     if tf.io.gfile.exists(listing):  # not on a retry of this step
         tf.io.gfile.remove(listing)
-    return make_records.finish_output(plan, tally, token, time.time() - started)
+    return writer.finish_output(plan, tally, token, time.time() - started)
 
 
-def build_pipeline(root: beam.Pipeline, plan: make_records.Plan, listing: str,
+def build_pipeline(root: beam.Pipeline, plan: writer.Plan, listing: str,
                    token: str, started: float) -> None:
     """Adds the conversion to ``root`` (``plan`` without its items: workers read ``listing``)."""
     converted = (
@@ -215,14 +218,14 @@ def run(input_dir: str, output_dir: str, pipeline_options: Optional[Sequence[str
     """Converts ``input_dir`` into ``output_dir`` with a Beam pipeline; returns the manifest.
 
     ``pipeline_options``: Beam's arguments (``["--runner=DirectRunner", ...]``); default the
-    DirectRunner. ``plan_options``: those of `make_records.plan_conversion` (layout, exif_variant,
-    min_side, max_pixels, shard_size, ...). Same outputs as `make_records.run` for the same
+    DirectRunner. ``plan_options``: those of `writer.plan_conversion` (layout, exif_variant,
+    min_side, max_pixels, shard_size, ...). Same outputs as `writer.run` for the same
     options."""
     import tensorflow as tf
 
     started = time.time()
-    plan = make_records.plan_conversion(input_dir, output_dir, **plan_options)
-    make_records.prepare_output(output_dir)
+    plan = writer.plan_conversion(input_dir, output_dir, **plan_options)
+    writer.prepare_output(output_dir)
     token = str(uuid.uuid4().int % 10**12)  # digits, like the local runner's process id
     listing = os.path.join(output_dir, f"items.jsonl.tmp-{token}")
     write_listing(listing, plan.items)
@@ -234,7 +237,7 @@ def run(input_dir: str, output_dir: str, pipeline_options: Optional[Sequence[str
         with beam.Pipeline(options=PipelineOptions(args)) as root:
             build_pipeline(root, worker_plan, listing, token, started)
     except BaseException:
-        make_records.discard_temporaries(output_dir)
+        writer.discard_temporaries(output_dir)
         if tf.io.gfile.exists(listing):
             tf.io.gfile.remove(listing)
         raise

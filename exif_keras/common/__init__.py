@@ -1,0 +1,1 @@
+"""Shared by every stage: classes, stops, EXIF reading, files, console, figures."""

@@ -1,0 +1,1 @@
+"""Stage 2: records -> batches of patches (tf.data decoder, parser, pipeline)."""

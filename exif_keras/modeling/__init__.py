@@ -1,0 +1,1 @@
+"""Stage 3: the Keras model (layers, losses, trunk, heads) and the run folder."""

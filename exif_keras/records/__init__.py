@@ -1,0 +1,1 @@
+"""Stage 1: photos + EXIF -> sharded TFRecords (converter, sample, runners, manifest)."""

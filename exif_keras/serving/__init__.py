@@ -1,0 +1,1 @@
+"""Stage 5: the SavedModel signature, the exporter, the predictor."""

@@ -1,0 +1,1 @@
+"""Stage 4: configuration, the training loop, devices, evaluation."""
