@@ -85,6 +85,7 @@ from exif_keras.common import labels
 from exif_keras.records import writer
 from exif_keras.records import sample
 from exif_keras.modeling import model as model_lib
+from exif_keras.modeling import run_folder
 from exif_keras.cli import shared_flag
 
 try:  # optional: the serving section is skipped (with the reason) when the export is unusable
@@ -777,7 +778,7 @@ def serving_section(config: BenchConfig, resolved: dict, sample_dir: str, work_d
     folder = tempfile.mkdtemp(prefix="serving-", dir=work_dir)
     try:
         run_dir = os.path.join(folder, "run")
-        model_lib.save_config(model_config, run_dir)
+        run_folder.save_model_config(model_config, run_dir)
         with open(os.path.join(run_dir, export_lib.RUN_CONFIG), "w") as f:
             json.dump({"train": {"field": SERVING_FIELD, "task": SERVING_TASK},
                        "task": task.to_json()}, f)

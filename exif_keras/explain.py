@@ -36,6 +36,7 @@ from absl import app, flags
 from exif_keras.data import pipeline as data
 from exif_keras.common import figures
 from exif_keras.modeling import model as model_lib
+from exif_keras.modeling import run_folder
 from exif_keras import predict
 from exif_keras.cli import shared_flag
 
@@ -103,22 +104,12 @@ class Explainer:
     @classmethod
     def load(cls, model_dir: str, layer: str = DEFAULT_LAYER) -> "Explainer":
         """The run folder's model with its best weights (float32, no weight download)."""
-        import keras
-
-        from exif_keras import export
-
         try:
-            run = export.read_run(model_dir)
-        except export.ExportError as e:
+            run = run_folder.read(model_dir)
+            model = run_folder.load_model(run)
+        except run_folder.RunFolderError as e:
             raise ExplainError(str(e)) from e
         config = run.config
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("float32")
-        try:
-            model = model_lib.build_model(dataclasses.replace(config, backbone_weights=None))
-        finally:
-            keras.config.set_dtype_policy(previous)
-        model.load_weights(run.weights_path)
         return cls(model, {h.name: list(h.class_names) for h in run.heads}, config.num_patches,
                    config.patch_size, layer)
 

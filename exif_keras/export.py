@@ -95,6 +95,7 @@ from exif_keras.common import stops
 from exif_keras.cli import shared_flag
 from exif_keras.data import pipeline as data
 from exif_keras.modeling import model as model_lib
+from exif_keras.modeling import run_folder
 
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "image_bytes"
@@ -108,11 +109,9 @@ WARMUP_FILENAME = "tf_serving_warmup_requests"
 METADATA_FILENAME = "exif_keras.json"
 MODELS_CONFIG = "models.config"
 DEFAULT_SERVING_BASE_PATH = "/models"
-MODEL_NAME_PREFIX = "exif_"
+MODEL_NAME_PREFIX = run_folder.MODEL_NAME_PREFIX
 TMP_PREFIX = ".tmp-"
 
-RUN_CONFIG = model_lib.RUN_CONFIG_FILENAME
-BEST_WEIGHTS = model_lib.BEST_WEIGHTS_FILENAME
 
 JPEG_MAGIC = b"\xff\xd8\xff"          # what tf.io.is_jpeg checks
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -127,69 +126,6 @@ ImageSource = Union[bytes, str, os.PathLike]
 
 class ExportError(Exception):
     """A problem the user can fix (missing run folder, existing version): no traceback."""
-
-
-# ------------------------------------------------------------------------------------ run folder
-
-@dataclasses.dataclass(frozen=True)
-class RunInfo:
-    """What the export needs from a run folder."""
-
-    model_dir: str
-    config: model_lib.ModelConfig
-    heads: tuple  # labels.TaskSpec per model output, in the model's order
-    # {head name: fine class counts of the training split} (fine heads; older runs: none)
-    train_class_counts: Mapping = dataclasses.field(default_factory=dict)
-
-    @property
-    def model_name(self) -> str:
-        return MODEL_NAME_PREFIX + labels.fields_name([h.field for h in self.heads])
-
-    @property
-    def weights_path(self) -> str:
-        return os.path.join(self.model_dir, BEST_WEIGHTS)
-
-
-def read_run(model_dir: str, need_weights: bool = True) -> RunInfo:
-    """Model config and heads of a training run folder; ExportError naming what is missing."""
-    if not tf.io.gfile.isdir(model_dir):
-        raise ExportError(f"run folder {model_dir!r} does not exist (train one with "
-                          f"`python -m exif_keras.train --field=<field>`, or pass --model_dir)")
-    needed = [model_lib.CONFIG_FILENAME, RUN_CONFIG] + ([BEST_WEIGHTS] if need_weights else [])
-    missing = [n for n in needed if not tf.io.gfile.exists(os.path.join(model_dir, n))]
-    if missing:
-        raise ExportError(f"{model_dir!r} is not a finished training run: no "
-                          f"{', '.join(missing)} in it")
-    try:
-        config = model_lib.load_config(model_dir)
-        with tf.io.gfile.GFile(os.path.join(model_dir, RUN_CONFIG)) as f:
-            run_config = json.load(f)
-        heads = heads_of(run_config)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ExportError(f"cannot read the run configuration in {model_dir!r}: {e}") from e
-    expected = [(h.name, h.num_classes) for h in heads]
-    built = [(h.name, h.num_classes) for h in config.heads]
-    if expected != built:
-        raise ExportError(f"{model_dir!r}: {RUN_CONFIG} names the heads {expected} but "
-                          f"{model_lib.CONFIG_FILENAME} has {built}")
-    return RunInfo(model_dir, config, heads, run_config.get("train_class_counts") or {})
-
-
-def task_from_json(task: Mapping) -> labels.TaskSpec:
-    return labels.TaskSpec(field=task["field"], task=task["task"],
-                           class_names=tuple(task["class_names"]),
-                           fine_to_target=tuple(int(v) for v in task["fine_to_target"]))
-
-
-def heads_of(run_config: Mapping) -> tuple:
-    """The TaskSpecs stored in run_config.json ("heads", else the one "task"), else rebuilt from
-    "train"'s field/task."""
-    if run_config.get("heads"):
-        return tuple(task_from_json(h) for h in run_config["heads"])
-    if run_config.get("task"):
-        return (task_from_json(run_config["task"]),)
-    train = run_config["train"]
-    return labels.task_specs(train["field"], train.get("task", "binary"))
 
 
 # -------------------------------------------------------------------------------------- versions
@@ -519,7 +455,10 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     """
     import keras
 
-    run = read_run(model_dir, need_weights=model is None)
+    try:
+        run = run_folder.read(model_dir, need_weights=model is None)
+    except run_folder.RunFolderError as e:
+        raise ExportError(str(e)) from e
     config, heads = run.config, run.heads
     export_dir = export_dir or default_export_dir([h.field for h in heads])
     if version is None:

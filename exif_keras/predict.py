@@ -51,6 +51,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from exif_keras import export
+from exif_keras.modeling import run_folder
 from exif_keras.training import evaluation
 from exif_keras.common import labels
 from exif_keras.common import stops
@@ -121,7 +122,7 @@ class Predictor:
         """The model's heads (labels.TaskSpec) from exif_keras.json (older exports: one)."""
         m = self.metadata
         if m.get("heads"):
-            return tuple(export.task_from_json(h) for h in m["heads"])
+            return tuple(run_folder.task_from_json(h) for h in m["heads"])
         if all(k in m for k in ("field", "task", "class_names", "fine_to_target")):
             return (labels.TaskSpec(m["field"], m["task"], tuple(m["class_names"]),
                                     tuple(m["fine_to_target"])),)

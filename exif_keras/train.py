@@ -36,6 +36,7 @@ from exif_keras.training import evaluation
 from exif_keras.common import labels
 from exif_keras.common import figures
 from exif_keras.modeling import model as model_lib
+from exif_keras.modeling import run_folder
 
 FIELDS = list(labels.FIELDS)
 
@@ -201,8 +202,8 @@ def _parse_weights(items: Sequence[str]) -> Optional[dict]:
 
 # Files in model_dir.
 # model_lib.CONFIG_FILENAME (model_config.json): the ModelConfig, everything to rebuild the model
-RUN_CONFIG = model_lib.RUN_CONFIG_FILENAME
-BEST_WEIGHTS = model_lib.BEST_WEIGHTS_FILENAME
+RUN_CONFIG = run_folder.RUN_CONFIG
+BEST_WEIGHTS = run_folder.BEST_WEIGHTS
 BACKUP_DIR = "backup"                # BackupAndRestore state (removed once fit is complete)
 FIT_COMPLETE = "fit_complete.json"   # written when fit ends: a rerun goes straight to evaluation
 CSV_LOG = "training_log.csv"
@@ -671,7 +672,7 @@ def train(config: TrainConfig, extra_callbacks: Sequence = ()) -> dict:
     except ValueError as e:  # an impossible combination of flags (e.g. a patch too small)
         raise TrainError(str(e)) from e
     os.makedirs(out_dir, exist_ok=True)
-    model_lib.save_config(model_config, out_dir)
+    run_folder.save_model_config(model_config, out_dir)
     _write_json(os.path.join(out_dir, RUN_CONFIG), {
         "train": dataclasses.asdict(config), "task": heads[0].to_json(),
         "heads": [h.to_json() for h in heads], "mixed_precision": mixed,

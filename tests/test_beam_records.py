@@ -152,7 +152,7 @@ def test_bad_pipeline_options_are_a_runner_error(tmp_path):
 def test_beam_runner_without_beam_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "apache_beam", None)  # import apache_beam -> ImportError
     monkeypatch.delitem(sys.modules, "exif_keras.records.beam_runner")
-    monkeypatch.delattr(exif_keras, "beam_records")
+    monkeypatch.delattr(exif_keras.records, "beam_runner")
     with pytest.raises(writer.RunnerError, match=r"pip install -e '\.\[beam\]'"):
         writer.run_with_runner("beam", str(tmp_path), str(tmp_path / "out"))
 

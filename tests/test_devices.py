@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exif_keras.modeling import run_folder
 from exif_keras.data import pipeline as data
 from exif_keras import export, train
 from exif_keras.training import devices
@@ -173,7 +174,7 @@ def test_bfloat16_training_and_float32_export(records, tmp_path, restore_policy)
                                       mixed_precision="bfloat16", export=True,
                                       export_dir=str(tmp_path / "models" / "m")))
     assert metrics["dtype_policy"] == "mixed_bfloat16" and metrics["mixed_precision"] is True
-    run = export.read_run(str(tmp_path / "run"))
+    run = run_folder.read(str(tmp_path / "run"))
     images = export.sample_images(run.config.patch_size, count=3)
     patches = tf.stack([export.preprocess(tf.constant([b]), run.config.num_patches,
                                           run.config.patch_size)[0] for b in images])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from exif_keras.modeling import run_folder
 from exif_keras import explain
 from exif_keras.common import labels
 from exif_keras.modeling import model as model_lib
@@ -25,8 +26,8 @@ def make_run(model_dir: str, **overrides) -> model_lib.ModelConfig:
         heads=(model_lib.HeadConfig("shutter", 2),), num_patches=K, patch_size=P,
         backbone="scratch", backbone_weights=None, filters=F, dense_units=16, scratch_width_divisor=8), **overrides})
     os.makedirs(model_dir, exist_ok=True)
-    model_lib.save_config(config, model_dir)
-    with open(os.path.join(model_dir, model_lib.RUN_CONFIG_FILENAME), "w") as f:
+    run_folder.save_model_config(config, model_dir)
+    with open(os.path.join(model_dir, run_folder.RUN_CONFIG), "w") as f:
         json.dump({"train": {"field": "shutter", "task": "binary"},
                    "task": labels.task_spec("shutter", "binary").to_json()}, f)
     keras.utils.set_random_seed(4)
@@ -36,7 +37,7 @@ def make_run(model_dir: str, **overrides) -> model_lib.ModelConfig:
         if hasattr(layer, "moving_mean"):
             layer.moving_mean.assign(np.full(layer.moving_mean.shape, -0.01, np.float32))
             layer.moving_variance.assign(np.full(layer.moving_variance.shape, 0.01, np.float32))
-    model.save_weights(os.path.join(model_dir, model_lib.BEST_WEIGHTS_FILENAME))
+    model.save_weights(os.path.join(model_dir, run_folder.BEST_WEIGHTS))
     return config
 
 

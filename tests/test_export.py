@@ -27,6 +27,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from exif_keras.modeling import run_folder
 from exif_keras import export
 from exif_keras.records import convert
 from exif_keras.data import pipeline
@@ -52,7 +53,7 @@ def tiny_config() -> model_lib.ModelConfig:
 def make_run(model_dir: str, seed: int = 1) -> keras.Model:
     """A run folder as exif_keras.train leaves it, with random weights; returns the model."""
     config = tiny_config()
-    model_lib.save_config(config, model_dir)
+    run_folder.save_model_config(config, model_dir)
     task = labels.task_spec(FIELD, TASK)
     with open(os.path.join(model_dir, export.RUN_CONFIG), "w") as f:
         json.dump({"train": {"field": FIELD, "task": TASK}, "task": task.to_json()}, f)
@@ -474,7 +475,7 @@ def test_cli_errors_without_traceback(tmp_path, run_dir, exported, models_dir, c
     assert "version 1 already exists" in capsys.readouterr().err
     half = tmp_path / "half"
     half.mkdir()
-    model_lib.save_config(tiny_config(), str(half))
+    run_folder.save_model_config(tiny_config(), str(half))
     assert _run_main(["export", f"--model_dir={half}"]) == 2
     assert "run_config.json, best.weights.h5" in capsys.readouterr().err
     limited = str(tmp_path / "limited" / "exif_shutter")
@@ -526,7 +527,7 @@ def train_config(records, tmp_path, **overrides):
 
 def model_of_run(model_dir: str) -> keras.Model:
     """The run's model as evaluation sees it: its config, its best weights, this dtype policy."""
-    model = model_lib.build_model(model_lib.load_config(model_dir))
+    model = model_lib.build_model(run_folder.load_model_config(model_dir))
     model.load_weights(os.path.join(model_dir, export.BEST_WEIGHTS))
     return model
 
@@ -591,7 +592,7 @@ def test_export_of_a_vgg16_backbone(tmp_path):
     run_dir = str(tmp_path / "run")
     make_run(run_dir)   # run_config.json and the like, then the vgg16 model over them
     elsewhere = str(tmp_path / "elsewhere" / "vgg16_notop.h5")
-    model_lib.save_config(dataclasses.replace(config, backbone_weights=elsewhere), run_dir)
+    run_folder.save_model_config(dataclasses.replace(config, backbone_weights=elsewhere), run_dir)
     model.save_weights(os.path.join(run_dir, export.BEST_WEIGHTS))
 
     path = export.export_model(run_dir, str(tmp_path / "models" / "exif_shutter"))

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, TiffImagePlugin
 
+from exif_keras.modeling import run_folder
 from exif_keras import export, predict
 from exif_keras.common import labels
 from exif_keras.common import stops
@@ -33,7 +34,7 @@ def make_joint_run(model_dir: str) -> keras.Model:
     config = model_lib.ModelConfig(
         heads=tuple(model_lib.HeadConfig(h.name, h.num_classes) for h in heads), num_patches=K,
         patch_size=P, backbone="scratch", backbone_weights=None, filters=4, dense_units=8)
-    model_lib.save_config(config, model_dir)
+    run_folder.save_model_config(config, model_dir)
     with open(os.path.join(model_dir, export.RUN_CONFIG), "w") as f:
         json.dump({"train": {"field": "all", "task": "fine"}, "task": heads[0].to_json(),
                    "heads": [h.to_json() for h in heads],

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 
+from exif_keras.modeling import run_folder
 from exif_keras.modeling import model as exif_model
 from exif_keras.common import stops
 from exif_keras.modeling.model import (
@@ -357,8 +358,8 @@ def test_config_json_round_trip(tmp_path):
     again = exif_model.config_from_json(exif_model.config_to_json(config))
     assert again == config and isinstance(again.mean, tuple)
     assert ModelConfig.from_json(config.to_json()) == config
-    exif_model.save_config(config, str(tmp_path / "model_dir"))
-    assert exif_model.load_config(str(tmp_path / "model_dir")) == config
+    run_folder.save_model_config(config, str(tmp_path / "model_dir"))
+    assert run_folder.load_model_config(str(tmp_path / "model_dir")) == config
     assert ModelConfig(num_classes=2, backbone_weights="None").backbone_weights is None
     with pytest.raises(ValueError, match="unknown ModelConfig keys"):
         exif_model.config_from_json('{"num_classes": 2, "bogus": 1}')

@@ -14,6 +14,7 @@ from absl import flags
 from absl.testing import flagsaver
 from PIL import Image, TiffImagePlugin
 
+from exif_keras.modeling import run_folder
 from exif_keras import export, predict
 from exif_keras.common import labels
 from exif_keras.modeling import model as model_lib
@@ -30,7 +31,7 @@ def make_run(model_dir: str) -> None:
     """A run folder as exif_keras.train leaves it, with random weights (nothing trained)."""
     config = model_lib.ModelConfig(heads=(model_lib.HeadConfig(FIELD, 2),), num_patches=K, patch_size=P, backbone="scratch",
                                    backbone_weights=None, filters=4, dense_units=8)
-    model_lib.save_config(config, model_dir)
+    run_folder.save_model_config(config, model_dir)
     with open(os.path.join(model_dir, export.RUN_CONFIG), "w") as f:
         json.dump({"train": {"field": FIELD, "task": TASK},
                    "task": labels.task_spec(FIELD, TASK).to_json()}, f)

@@ -100,10 +100,6 @@ VGG16_LAYERS: tuple[tuple[str, Optional[int]], ...] = tuple(
     )
 )
 
-CONFIG_FILENAME = "model_config.json"
-# The other files of a run folder that train writes and export reads.
-RUN_CONFIG_FILENAME = "run_config.json"       # resolved flags and the task (class names, grouping)
-BEST_WEIGHTS_FILENAME = "best.weights.h5"     # the best epoch by validation accuracy
 
 
 class BackboneWeightsError(ValueError):
@@ -243,24 +239,6 @@ def config_from_json(text: str) -> ModelConfig:
     if unknown:
         raise ValueError(f"unknown ModelConfig keys: {', '.join(unknown)}")
     return ModelConfig(**data)
-
-
-def save_config(config: ModelConfig, model_dir: str) -> str:
-    """Writes ``model_dir/model_config.json`` (local or any tf.io.gfile path); returns the path."""
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(model_dir)
-    path = os.path.join(model_dir, CONFIG_FILENAME)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(config_to_json(config) + "\n")
-    return path
-
-
-def load_config(model_dir: str) -> ModelConfig:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILENAME)) as f:
-        return config_from_json(f.read())
 
 
 def downsampling_of(trunk_layer: str) -> int:

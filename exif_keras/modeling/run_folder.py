@@ -1,0 +1,152 @@
+"""The run folder: every file name a training run writes, and the code that reads them back.
+
+One module owns the layout (as Keras Hub's ``preset_utils`` owns a preset's file names), so train,
+export, explain, study and the tests agree on it by construction::
+
+    <model_dir>/model_config.json   ModelConfig: everything to rebuild the Keras model
+                run_config.json     the resolved configuration and the heads (class names, grouping)
+                best.weights.h5     the best epoch by validation accuracy
+                metrics.json        test/validation metrics, written last by train
+                training_log.csv    one row per epoch (Keras CSVLogger)
+                fit_complete.json   fit ended: a rerun goes straight to evaluation
+                backup/             BackupAndRestore state while fit runs
+                logs/               TensorBoard
+                confusion_matrix.png, training_curves.png
+
+Paths may be local or anything ``tf.io.gfile`` reads (``gs://...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Mapping
+
+import tensorflow as tf
+
+from exif_keras.common import labels
+from exif_keras.common.errors import ModelError
+from exif_keras.modeling import model as model_lib
+
+MODEL_CONFIG = "model_config.json"
+RUN_CONFIG = "run_config.json"           # resolved flags and the heads (class names, grouping)
+BEST_WEIGHTS = "best.weights.h5"         # the best epoch by validation accuracy
+METRICS = "metrics.json"
+CSV_LOG = "training_log.csv"
+FIT_COMPLETE = "fit_complete.json"       # written when fit ends: a rerun goes straight to evaluation
+BACKUP_DIR = "backup"                    # BackupAndRestore state (removed once fit is complete)
+LOG_DIR = "logs"                         # TensorBoard
+CONFUSION_PNG = "confusion_matrix.png"
+TRAINING_CURVES_PNG = "training_curves.png"
+
+MODEL_NAME_PREFIX = "exif_"              # models/exif_<fields>: the serving model's name
+
+
+class RunFolderError(ModelError):
+    """A run folder that is missing, unfinished or inconsistent; the message names the file."""
+
+
+def path(model_dir: str, name: str) -> str:
+    """``model_dir/name`` for one of the names above."""
+    return os.path.join(model_dir, name)
+
+
+# ------------------------------------------------------------------------------- model config
+
+def save_model_config(config: model_lib.ModelConfig, model_dir: str) -> str:
+    """Writes ``model_dir/model_config.json``; returns its path."""
+    tf.io.gfile.makedirs(model_dir)
+    target = path(model_dir, MODEL_CONFIG)
+    with tf.io.gfile.GFile(target, "w") as f:
+        f.write(model_lib.config_to_json(config) + "\n")
+    return target
+
+
+def load_model_config(model_dir: str) -> model_lib.ModelConfig:
+    with tf.io.gfile.GFile(path(model_dir, MODEL_CONFIG)) as f:
+        return model_lib.config_from_json(f.read())
+
+
+# ------------------------------------------------------------------------------------ the heads
+
+def task_from_json(task: Mapping) -> labels.TaskSpec:
+    return labels.TaskSpec(field=task["field"], task=task["task"],
+                           class_names=tuple(task["class_names"]),
+                           fine_to_target=tuple(int(v) for v in task["fine_to_target"]))
+
+
+def heads_of(run_config: Mapping) -> tuple:
+    """The TaskSpecs stored in run_config.json ("heads", else the one "task"), else rebuilt from
+    "train"'s field/task."""
+    if run_config.get("heads"):
+        return tuple(task_from_json(h) for h in run_config["heads"])
+    if run_config.get("task"):
+        return (task_from_json(run_config["task"]),)
+    train = run_config["train"]
+    return labels.task_specs(train["field"], train.get("task", "binary"))
+
+
+# ------------------------------------------------------------------------------ reading a run
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What export and explain need from a finished run folder."""
+
+    model_dir: str
+    config: model_lib.ModelConfig
+    heads: tuple  # labels.TaskSpec per model output, in the model's order
+    # {head name: fine class counts of the training split} (fine heads; older runs: none)
+    train_class_counts: Mapping = dataclasses.field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return MODEL_NAME_PREFIX + labels.fields_name([h.field for h in self.heads])
+
+    @property
+    def weights_path(self) -> str:
+        return path(self.model_dir, BEST_WEIGHTS)
+
+
+def read(model_dir: str, need_weights: bool = True) -> RunInfo:
+    """Model config and heads of a training run folder; RunFolderError naming what is missing."""
+    if not tf.io.gfile.isdir(model_dir):
+        raise RunFolderError(f"run folder {model_dir!r} does not exist (train one with "
+                             f"`python -m exif_keras.train --field=<field>`, or pass --model_dir)")
+    needed = [MODEL_CONFIG, RUN_CONFIG] + ([BEST_WEIGHTS] if need_weights else [])
+    missing = [n for n in needed if not tf.io.gfile.exists(path(model_dir, n))]
+    if missing:
+        raise RunFolderError(f"{model_dir!r} is not a finished training run: no "
+                             f"{', '.join(missing)} in it")
+    try:
+        config = load_model_config(model_dir)
+        with tf.io.gfile.GFile(path(model_dir, RUN_CONFIG)) as f:
+            run_config = json.load(f)
+        heads = heads_of(run_config)
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunFolderError(f"cannot read the run configuration in {model_dir!r}: {e}") from e
+    expected = [(h.name, h.num_classes) for h in heads]
+    built = [(h.name, h.num_classes) for h in config.heads]
+    if expected != built:
+        raise RunFolderError(f"{model_dir!r}: {RUN_CONFIG} names the heads {expected} but "
+                             f"{MODEL_CONFIG} has {built}")
+    return RunInfo(model_dir, config, heads, run_config.get("train_class_counts") or {})
+
+
+def load_model(run: RunInfo, weights: bool = True):
+    """The run's Keras model rebuilt in float32 from its config (no backbone download), with its
+    best weights unless ``weights=False``."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        model = model_lib.build_model(dataclasses.replace(run.config, backbone_weights=None))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if weights:
+        try:
+            model.load_weights(run.weights_path)
+        except (ValueError, OSError) as e:
+            raise RunFolderError(f"cannot load {run.weights_path}: {e}") from e
+    return model
