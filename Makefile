@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test records install clean figure5
+.PHONY: demo test lint records install clean figure5
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check exif_keras tests
 
 data/records/manifest.json: | $(STAMP)
 	$(PY) -m exif_keras.make_records
@@ -30,7 +33,9 @@ figure5: $(STAMP) data/records/manifest.json
 	$(PY) -m exif_keras.study --flagfile=pipelines/studies/demo_patches.flags
 	@echo "figure 5 (sample): runs/studies/demo_patches/figure.png, table: runs/studies/demo_patches/results.md"
 
+# Lint (ruff: pyflakes, import order, bugbear) first, then the suite.
 test: $(STAMP)
+	$(VENV)/bin/ruff check exif_keras tests
 	$(PY) -m pytest
 
 clean:

@@ -14,7 +14,7 @@ temporary files (its own names only: nothing else in ``output_dir`` is touched).
 and flags give byte-identical shards, whatever the process, ``--workers`` or runner: records are
 serialised deterministically (`features.serialize_example`) and written in item order. The
 manifest lists every shard with its record count and sha256 (``shards[split][name]``), which
-`dataset.verify_records` checks before training.
+`exif_keras.records.manifest.verify_records` checks before training.
 
 Hidden files and folders and NAS index folders (``@eaDir``) are skipped (reason ``hidden``) unless
 ``--include_hidden``; JPEGs whose compressed data does not decode cleanly are skipped as
@@ -23,33 +23,21 @@ Hidden files and folders and NAS index folders (``@eaDir``) are skipped (reason 
 Two runners, the same records: ``--runner=local`` (default) converts with a process pool on this
 machine; ``--runner=beam`` runs the conversion as an Apache Beam pipeline
 (`exif_keras.records.beam_runner`: DirectRunner here, Dataflow, Flink or Spark with
-``--beam_pipeline_options``). Both use the functions under "shared by the local and Beam runners"
-below: the listing and shard plan, the per-image conversion (`convert.convert_path`), the record
-bytes, the shard names, the manifest and skipped.tsv.
+``--beam_pipeline_options``). Both use `exif_keras.records.writer`: the listing and shard plan, the
+per-image conversion (`convert.convert_path`), the record bytes, the shard names, the manifest and
+skipped.tsv. This module holds only the command: its flags and `main`.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import json
-import math
-import multiprocessing
 import os
-import platform
-import re
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from exif_keras import __version__
-from exif_keras.records import convert
-from exif_keras.records import features
-from exif_keras.common import labels
-from exif_keras.records import sources
-from exif_keras.records import writer
+from exif_keras.records import convert, runners, sources, writer
 
 FLAGS = flags.FLAGS
 _INPUT_DIR = flags.DEFINE_string(
@@ -78,8 +66,8 @@ _PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress on stderr (loc
 _RUNNER = flags.DEFINE_enum(
     "runner", "local", ["local", "beam"],
     "local: a process pool on this machine (--workers). beam: an Apache Beam pipeline "
-    "(exif_keras.records.beam_runner; pip install -e '.[beam]'), same records; its runner and workers "
-    "come from --beam_pipeline_options.")
+    "(exif_keras.records.beam_runner; pip install -e '.[beam]'), same records; its runner and "
+    "workers come from --beam_pipeline_options.")
 _BEAM_PIPELINE_OPTIONS = flags.DEFINE_string(
     "beam_pipeline_options", "",
     "With --runner=beam: Beam's options, comma separated, e.g. "
@@ -90,6 +78,7 @@ _INCLUDE_HIDDEN = flags.DEFINE_boolean(
     "Also convert JPEGs in hidden files and folders (name starting with '.', e.g. .thumbnails) "
     "and NAS index folders (@eaDir); by default they are skipped as thumbnails and copies.")
 
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -97,20 +86,20 @@ def main(argv: Sequence[str]) -> None:
     layout = _LAYOUT.value
     description = None
     if not input_dir:
-        input_dir = writer.ensure_sample(_SAMPLE_DIR.value, _SAMPLE_COUNT.value, _SAMPLE_SEED.value,
-                                  progress=_PROGRESS.value)
+        input_dir = writer.ensure_sample(_SAMPLE_DIR.value, _SAMPLE_COUNT.value,
+                                         _SAMPLE_SEED.value, progress=_PROGRESS.value)
         layout = "mirflickr25k"
         description = (f"built-in sample: {_SAMPLE_COUNT.value} images, seed "
                        f"{_SAMPLE_SEED.value}, in {os.path.abspath(input_dir)}")
     start = time.monotonic()
     try:
-        manifest = writer.run_with_runner(
+        manifest = runners.run_with_runner(
             _RUNNER.value, input_dir, _OUTPUT_DIR.value, workers=_WORKERS.value,
             progress=_PROGRESS.value, beam_pipeline_options=_BEAM_PIPELINE_OPTIONS.value,
             layout=layout, exif_variant=_EXIF_VARIANT.value, min_side=_MIN_SIDE.value,
             max_pixels=_MAX_PIXELS.value, shard_size=_SHARD_SIZE.value,
             source_description=description, include_hidden=_INCLUDE_HIDDEN.value)
-    except (sources.SourceError, writer.RunnerError) as e:
+    except (sources.SourceError, runners.RunnerError) as e:
         print(f"make_records: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(writer.summary_table(manifest))
@@ -119,7 +108,6 @@ def main(argv: Sequence[str]) -> None:
     if manifest["written"] == 0:
         print("make_records: error: no image could be written; see skipped.tsv", file=sys.stderr)
         sys.exit(1)
-
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The Beam runner of the converter (exif_keras/beam_records.py) against the local runner.
+"""The Beam runner of the converter (exif_keras/records/beam_runner.py) against the local runner.
 
 Both runners convert the same input; the records must be the same: the same Examples in every
 shard (parsed and compared, then byte for byte, since serialisation is deterministic), the same
@@ -21,16 +21,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import mirflickr_fixtures as mf
 import exif_keras
-from exif_keras.records import convert
-from exif_keras.records import features
-from exif_keras.records import writer
+from exif_keras.records import convert, features, runners, writer
+
+import mirflickr_fixtures as mf
 
 beam = pytest.importorskip(
     "apache_beam", reason="Apache Beam is not installed: pip install -e '.[beam]' (make test "
     "installs it)")
-from exif_keras.records import beam_runner
+from exif_keras.records import beam_runner  # noqa: E402 (after the importorskip)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpora" / "real-exif"
@@ -142,19 +141,19 @@ def test_listing_round_trip():
 
 def test_bad_pipeline_options_are_a_runner_error(tmp_path):
     """make_records.main turns RunnerError into "make_records: error: ..." and exit status 2."""
-    with pytest.raises(writer.RunnerError, match="bogus"):
-        writer.run_with_runner("beam", str(tmp_path), str(tmp_path / "out"),
-                                     beam_pipeline_options="--runner=DirectRunner,--bogus=1")
-    with pytest.raises(writer.RunnerError, match="expected local or beam"):
-        writer.run_with_runner("spark", str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(runners.RunnerError, match="bogus"):
+        runners.run_with_runner("beam", str(tmp_path), str(tmp_path / "out"),
+                                beam_pipeline_options="--runner=DirectRunner,--bogus=1")
+    with pytest.raises(runners.RunnerError, match="expected local or beam"):
+        runners.run_with_runner("spark", str(tmp_path), str(tmp_path / "out"))
 
 
 def test_beam_runner_without_beam_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "apache_beam", None)  # import apache_beam -> ImportError
     monkeypatch.delitem(sys.modules, "exif_keras.records.beam_runner")
     monkeypatch.delattr(exif_keras.records, "beam_runner")
-    with pytest.raises(writer.RunnerError, match=r"pip install -e '\.\[beam\]'"):
-        writer.run_with_runner("beam", str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(runners.RunnerError, match=r"pip install -e '\.\[beam\]'"):
+        runners.run_with_runner("beam", str(tmp_path), str(tmp_path / "out"))
 
 
 def test_mirflickr_fixture_cli_both_runners(tmp_path):

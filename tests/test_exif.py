@@ -18,8 +18,15 @@ import pytest
 from PIL import Image
 
 from exif_keras.common import exif
-from exif_keras.common.exif import (ExifReading, Settings, apex_to_exposure_time, apex_to_f_number,
-                             parse_exif_text, read_embedded_exif, read_exif_text_file)
+from exif_keras.common.exif import (
+    ExifReading,
+    Settings,
+    apex_to_exposure_time,
+    apex_to_f_number,
+    parse_exif_text,
+    read_embedded_exif,
+    read_exif_text_file,
+)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import mirflickr_fixtures as fx  # noqa: E402

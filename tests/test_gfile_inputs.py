@@ -22,13 +22,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image, TiffImagePlugin
 
+from exif_keras.common import exif, files
+from exif_keras.records import convert, features, sources, writer
+
 import mirflickr_fixtures as mf
-from exif_keras.records import convert
-from exif_keras.common import exif
-from exif_keras.records import features
-from exif_keras.common import files
-from exif_keras.records import writer
-from exif_keras.records import sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IN_MEMORY_BEAM = ["--runner=DirectRunner", "--direct_num_workers=1",
@@ -232,7 +229,7 @@ def test_local_conversion_imports_no_tensorflow(tmp_path):
     photos_fixture(tmp_path / "p")
     script = (
         "import sys\n"
-        "from exif_keras import convert, sources\n"
+        "from exif_keras.records import convert, sources\n"
         f"layout, items = sources.list_items({str(tmp_path / 'p')!r})\n"
         "results = [convert.convert_path((i, convert.Options())) for i in items]\n"
         "assert sum(r.record is not None for r in results) == 3, results\n"

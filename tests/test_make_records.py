@@ -23,12 +23,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import mirflickr_fixtures as mf
-from exif_keras.records import convert
-from exif_keras.records import features
 from exif_keras.common import labels
-from exif_keras.records import writer
-from exif_keras.records import sources
+from exif_keras.records import convert, features, sources, writer
+
+import mirflickr_fixtures as mf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpora" / "real-exif"

@@ -1,4 +1,4 @@
-"""`pipeline.verify_records`: shards checked against the manifest's record counts and checksums
+"""`manifest.verify_records`: shards checked against the manifest's record counts and checksums
 before training, so a damaged shard is named at once instead of failing mid-epoch."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mirflickr_fixtures as mf
 from exif_keras import train
-from exif_keras.data import pipeline
-from exif_keras.records import features
-from exif_keras.records import writer
+from exif_keras.records import features, writer
+from exif_keras.records import manifest as records_manifest
+
+import mirflickr_fixtures as mf
 
 
 def _jpeg(seed: int) -> bytes:
@@ -46,8 +46,8 @@ def _shards(records: pathlib.Path, split: str = "train") -> list[pathlib.Path]:
 def test_whole_records_pass(records):
     manifest = json.loads((records / features.MANIFEST).read_text())
     listed = sum(len(v) for v in manifest["shards"].values())
-    assert pipeline.verify_records(str(records), checksums=True) == listed >= 5
-    assert pipeline.count_records(str(_shards(records)[0])) == \
+    assert records_manifest.verify_records(str(records), checksums=True) == listed >= 5
+    assert records_manifest.count_records(str(_shards(records)[0])) == \
         manifest["shards"]["train"][_shards(records)[0].name]["records"]
 
 
@@ -55,8 +55,8 @@ def test_truncated_shard_is_named(records):
     victim = _shards(records)[1]
     data = victim.read_bytes()
     victim.write_bytes(data[:len(data) - 100])
-    with pytest.raises(pipeline.DamagedRecordsError) as e:
-        pipeline.verify_records(str(records))
+    with pytest.raises(records_manifest.DamagedRecordsError) as e:
+        records_manifest.verify_records(str(records))
     message = str(e.value)
     assert f"{victim.name}: truncated" in message and "make_records" in message
     assert sum(s.name in message for s in _shards(records)) == 1, "only the damaged shard"
@@ -76,19 +76,19 @@ def test_missing_altered_and_unlisted_shards(records):
     second.write_bytes(bytes(data))
     stray = records / "train-00000-of-00099.tfrecord"
     stray.write_bytes(b"")
-    with pytest.raises(pipeline.DamagedRecordsError) as e:
-        pipeline.verify_records(str(records))
+    with pytest.raises(records_manifest.DamagedRecordsError) as e:
+        records_manifest.verify_records(str(records))
     assert f"{first.name}: missing" in str(e.value) and stray.name in str(e.value)
     assert second.name not in str(e.value)  # counts alone cannot see it...
-    with pytest.raises(pipeline.DamagedRecordsError, match=f"{second.name}: its sha256"):
-        pipeline.verify_records(str(records), checksums=True)  # ...the checksum does
+    with pytest.raises(records_manifest.DamagedRecordsError, match=f"{second.name}: its sha256"):
+        records_manifest.verify_records(str(records), checksums=True)  # ...the checksum does
 
 
 def test_a_shard_with_records_added_or_removed(records):
     victim, donor = _shards(records)[:2]
     victim.write_bytes(victim.read_bytes() + donor.read_bytes())  # whole records, more of them
-    with pytest.raises(pipeline.DamagedRecordsError, match=f"{victim.name}: holds"):
-        pipeline.verify_records(str(records))
+    with pytest.raises(records_manifest.DamagedRecordsError, match=f"{victim.name}: holds"):
+        records_manifest.verify_records(str(records))
 
 
 def test_an_older_manifest_is_not_checked(records):
@@ -96,4 +96,4 @@ def test_an_older_manifest_is_not_checked(records):
     manifest["shards"] = {s: list(v) for s, v in manifest["shards"].items()}  # names only
     (records / features.MANIFEST).write_text(json.dumps(manifest))
     _shards(records)[0].write_bytes(b"")
-    assert pipeline.verify_records(str(records)) == 0
+    assert records_manifest.verify_records(str(records)) == 0

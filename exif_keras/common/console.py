@@ -1,61 +1,48 @@
-"""A dependency-free progress line for long loops: rate and ETA, redrawn in place on a terminal,
-logged every few seconds elsewhere (CI logs, files)."""
+"""Progress of the converter's long loops on stderr: ``keras.utils.Progbar`` (count, bar, ETA and
+time per item), redrawn in place. Progbar prints to stdout, where the commands print their
+results, so every draw is redirected to stderr. Keras (and with it TensorFlow) is imported only
+when progress is shown."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Optional
 
 
-class Progress:
-    def __init__(self, total: Optional[int], label: str, stream: TextIO = sys.stderr,
-                 interval: float = 0.2, log_interval: float = 10.0, enabled: bool = True):
-        self.total, self.label, self.stream = total, label, stream
-        self.enabled = enabled
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-        self.interval = interval if self.tty else log_interval
+class StderrProgbar:
+    """``keras.utils.Progbar`` drawing on stderr; silent (and Keras-free) when not ``enabled``.
+
+    Redrawn every ``interval`` seconds on a terminal, every ``log_interval`` seconds elsewhere
+    (CI logs, files). `close` returns the seconds since construction, shown or not."""
+
+    def __init__(self, total: Optional[int], label: str, unit_name: str = "image",
+                 enabled: bool = True, interval: float = 0.2, log_interval: float = 10.0):
         self.start = time.monotonic()
-        self.last = 0.0
         self.count = 0
-        self.extra = ""
+        self._bar = None
+        if not enabled:
+            return
+        from keras.utils import Progbar
 
-    def update(self, n: int = 1, extra: str = "") -> None:
+        tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        print(f"{label}: {total if total is not None else '?'} {unit_name}s", file=sys.stderr,
+              flush=True)
+        with contextlib.redirect_stdout(sys.stderr):
+            self._bar = Progbar(total, unit_name=unit_name,
+                                interval=interval if tty else log_interval)
+
+    def update(self, n: int = 1) -> None:
         self.count += n
-        if extra:
-            self.extra = extra
-        now = time.monotonic()
-        if self.enabled and now - self.last >= self.interval:
-            self.last = now
-            self._draw(now)
-
-    def _line(self, now: float) -> str:
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.count / elapsed
-        if self.total:
-            pct = 100.0 * self.count / self.total
-            eta = (self.total - self.count) / rate if rate > 0 else float("inf")
-            eta_s = f"{eta:5.0f}s" if eta != float("inf") else "    ?"
-            text = (f"{self.label}: {self.count}/{self.total} ({pct:5.1f}%) "
-                    f"{rate:7.1f}/s  eta {eta_s}")
-        else:
-            text = f"{self.label}: {self.count} {rate:7.1f}/s"
-        return text + (f"  {self.extra}" if self.extra else "")
-
-    def _draw(self, now: float) -> None:
-        line = self._line(now)
-        if self.tty:
-            self.stream.write("\r" + line + "\x1b[K")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        if self._bar is not None:
+            with contextlib.redirect_stdout(sys.stderr):
+                self._bar.update(self.count, finalize=False)
 
     def close(self) -> float:
         """Draws the final line; returns the elapsed seconds."""
-        now = time.monotonic()
-        if self.enabled:
-            self._draw(now)
-            if self.tty:
-                self.stream.write("\n")
-            self.stream.flush()
-        return now - self.start
+        if self._bar is not None:
+            with contextlib.redirect_stdout(sys.stderr):
+                self._bar.update(self.count, finalize=True)
+            sys.stderr.flush()
+        return time.monotonic() - self.start

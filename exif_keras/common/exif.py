@@ -3,8 +3,8 @@
 Two sources, one result type. `ExifReading` holds what a source says, field by field, after the
 validity rules below (an invalid value is stored as ``None``, and the reason goes to ``problems``);
 `ExifReading.settings()` turns it into the normalised `Settings` the converter bins with
-`exif_keras.common.labels`. Nothing here raises on bad *content*: every oddity becomes a machine-readable
-code in ``problems`` so the converter can count it.
+`exif_keras.common.labels`. Nothing here raises on bad *content*: every oddity becomes a
+machine-readable code in ``problems`` so the converter can count it.
 
 Fields
 ------

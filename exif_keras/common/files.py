@@ -118,3 +118,50 @@ def read_bytes(path, limit: Optional[int] = None) -> bytes:
             return f.read() if limit is None else f.read(limit)
     except tf.errors.OpError as e:
         raise _os_error(e, path) from e
+
+
+# Writing: through a temporary name and a rename, so a killed run leaves the old file or the new
+# one, never half of one. The temporary name is ``<path>.tmp-<pid>`` (the converter's cleanup,
+# `exif_keras.records.writer._TEMP_NAME`, matches it). Paths with a scheme go through
+# ``tf.io.gfile``; plain paths through ``open`` and ``os.replace`` (no TensorFlow import).
+
+
+def temp_path(path) -> str:
+    """The temporary name `write_bytes_atomic` writes ``path`` under: ``<path>.tmp-<pid>``."""
+    return f"{os.fspath(path)}.tmp-{os.getpid()}"
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through ``<path>.tmp-<pid>`` and a rename (replacing ``path``).
+    Raises `OSError` when it cannot be written."""
+    path = os.fspath(path)
+    tmp = temp_path(path)
+    if not is_remote(path):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return
+    tf = _gfile()
+    try:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except tf.errors.OpError as e:
+        raise _os_error(e, path) from e
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` atomically, as `write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path, obj, indent: Optional[int] = 2) -> None:
+    """Writes ``obj`` as JSON (``indent``, keys in their order, a final newline) atomically."""
+    import json
+
+    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")

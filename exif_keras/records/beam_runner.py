@@ -24,9 +24,9 @@ record bytes (`writer.serialize_record`), the shard names, and the manifest and
 Files are read and written through ``tf.io.gfile`` (shards, listing, manifest), so the output may
 be any path TensorFlow's file systems handle (``gs://``, ``hdfs://``, ``s3://`` with
 tensorflow-io). So may the input: `sources` lists it and `convert` reads the images and EXIF text
-through `exif_keras.common.files`, which uses ``tf.io.gfile`` for a path with a scheme and Python's own
-file functions for a plain path (which must then be reachable by that path from the launcher and
-from every worker: a local disk with the DirectRunner, a shared mount on a cluster).
+through `exif_keras.common.files`, which uses ``tf.io.gfile`` for a path with a scheme and Python's
+own file functions for a plain path (which must then be reachable by that path from the launcher
+and from every worker: a local disk with the DirectRunner, a shared mount on a cluster).
 
 ``manifest["seconds"]`` is the pipeline's wall time, launch and runner start-up included.
 """
@@ -44,16 +44,14 @@ import apache_beam as beam
 from absl import logging
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from exif_keras.records import convert
-from exif_keras.records import features
-from exif_keras.records import writer
-from exif_keras.records import sources
+from exif_keras.common.errors import RecordsError
+from exif_keras.records import convert, features, sources, writer
 
 DEFAULT_PIPELINE_OPTIONS = ("--runner=DirectRunner",)
 _COUNTERS = "make_records"
 
 
-class PipelineOptionsError(ValueError):
+class PipelineOptionsError(RecordsError):
     """--beam_pipeline_options cannot be understood."""
 
 

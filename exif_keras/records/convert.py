@@ -31,8 +31,8 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from exif_keras.common import exif as exif_lib
-from exif_keras.common import files
-from exif_keras.common import labels
+from exif_keras.common import files, labels
+from exif_keras.common.images import DEFAULT_MAX_PIXELS
 from exif_keras.records import sources
 from exif_keras.records.sources import Item
 
@@ -58,7 +58,6 @@ CONVERTED_REASONS = {
 }
 
 REENCODE_QUALITY = 95
-DEFAULT_MAX_PIXELS = 64_000_000   # --max_pixels of make_records and export (decompression bombs)
 _LEVELS = np.arange(256, dtype=np.float64)
 SPLIT_FRACTIONS = (("train", 0.8), ("validation", 0.9), ("test", 1.0))
 

@@ -12,6 +12,7 @@ manifest. TensorFlow is imported lazily so that worker processes of the converte
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Mapping
 
 IMAGE_ENCODED = "image/encoded"      # bytes: the JPEG, the original bytes whenever possible
@@ -37,6 +38,11 @@ UNKNOWN_VALUE = -1.0
 SPLITS = ("train", "validation", "test")
 SHARD_PATTERN = "{split}-{index:05d}-of-{count:05d}.tfrecord"
 MANIFEST = "manifest.json"
+
+
+def shard_glob(data_dir: str, split: str) -> str:
+    """Glob of a split's shards, matching `SHARD_PATTERN`."""
+    return os.path.join(data_dir, f"{split}-*-of-*.tfrecord")
 
 
 def feature_spec() -> dict:

@@ -37,7 +37,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, TiffImagePlugin
 
-from exif_keras.common import labels
+from exif_keras.common import files, labels
+from exif_keras.common.console import StderrProgbar
 
 SAMPLE_CAMERA = ("exif-keras", "Synthetic Camera")  # EXIF Make, Model
 SAMPLE_VERSION = 2  # bump when the rendering changes, so cached samples are regenerated
@@ -515,15 +516,9 @@ def exif_text(settings: dict) -> str:
 # Writing the data set
 
 
-_TMP_NAME = re.compile(r"(im|exif)\d+\.(jpg|txt)\.tmp\d+")
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Writes via a temporary name and os.replace: a killed run never leaves a torn file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+# Temporary files of a killed run: `files.temp_path` names (``im7.jpg.tmp-123``), and the
+# ``im7.jpg.tmp123`` of earlier versions.
+_TMP_NAME = re.compile(r"(im|exif)\d+\.(jpg|txt)\.tmp-?\d+")
 
 
 def image_path(output_dir: str, number: int) -> str:
@@ -548,8 +543,8 @@ def make_image(seed: int, number: int) -> tuple[bytes, str, dict]:
 def _write_one(job: tuple[str, int, int]) -> dict:
     output_dir, seed, number = job
     jpeg, text, settings = make_image(seed, number)
-    _write_atomic(image_path(output_dir, number), jpeg)
-    _write_atomic(exif_path(output_dir, number), text.encode("utf-8"))
+    files.write_bytes_atomic(image_path(output_dir, number), jpeg)
+    files.write_text_atomic(exif_path(output_dir, number), text)
     return {"exposure": str(settings["exposure_fraction"]), "f_number": settings["f_number"],
             "iso": settings["iso"], "group": shutter_group(settings["exposure_time"])}
 
@@ -610,22 +605,19 @@ def generate_sample(output_dir: str, count: int = 1500, seed: int = 0,
     jobs = [(output_dir, seed, number) for number in range(1, count + 1)]
     start = time.perf_counter()
     results = []
-    step = max(1, count // 10)
-
-    def report(done: int) -> None:
-        if progress and (done % step == 0 or done == count):
-            print(f"sample: {done}/{count} images ({time.perf_counter() - start:.1f} s)",
-                  file=sys.stderr, flush=True)
-
     if workers == 1:
+        bar = StderrProgbar(count, "sample", enabled=progress)
         for job in jobs:
             results.append(_write_one(job))
-            report(len(results))
+            bar.update()
     else:
+        # The pool (forked where `_pool_context` may) starts before the bar imports Keras.
         with _pool_context().Pool(workers) as pool:
+            bar = StderrProgbar(count, "sample", enabled=progress)
             for result in pool.imap(_write_one, jobs, chunksize=8):
                 results.append(result)
-                report(len(results))
+                bar.update()
+    bar.close()
     seconds = time.perf_counter() - start
 
     groups = collections.Counter(r["group"] for r in results)
@@ -641,6 +633,6 @@ def generate_sample(output_dir: str, count: int = 1500, seed: int = 0,
         "f_number": _histogram(r["f_number"] for r in results),
         "iso": _histogram(r["iso"] for r in results),
     }
-    _write_atomic(marker_path, json.dumps(summary, indent=1).encode("utf-8"))
+    files.write_text_atomic(marker_path, json.dumps(summary, indent=1))
     summary["output_dir"] = output_dir
     return summary

@@ -25,7 +25,7 @@ import os
 import re
 
 from exif_keras.common import files
-
+from exif_keras.common.errors import RecordsError
 
 LAYOUTS = ("auto", "mirflickr25k", "mirflickr1m", "photos")
 EXIF_VARIANTS = ("auto", "clean", "raw")
@@ -37,7 +37,7 @@ NAS_INDEX_FOLDERS = ("@eaDir",)   # Synology's thumbnail/index folders, one per 
 HIDDEN = "hidden"                  # the skip reason of items in hidden files or folders
 
 
-class SourceError(ValueError):
+class SourceError(RecordsError):
     """The input folder is not what the chosen layout expects."""
 
 

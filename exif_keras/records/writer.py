@@ -1,30 +1,26 @@
 """One writer for both runners: the listing and shard plan, record bytes, shard names, the
 manifest and skipped.tsv, and the local runner (a process pool). The Beam runner
-(`beam_runner`) calls the same functions; the command (`exif_keras.make_records`) picks the runner.
+(`beam_runner`) calls the same functions; `runners` picks one for the command
+(`exif_keras.make_records`).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import multiprocessing
 import os
 import platform
 import re
-import sys
-import time
-from typing import Optional, Sequence
+from typing import Optional
 
 from absl import logging
 
 from exif_keras import __version__
-from exif_keras.records import convert
-from exif_keras.records import features
-from exif_keras.common import labels
-from exif_keras.records import sources
-from exif_keras.common.console import Progress
+from exif_keras.common import files, labels
+from exif_keras.common.console import StderrProgbar
+from exif_keras.records import convert, features, sources
 
 # Temporary files this converter writes (a shard, the manifest, skipped.tsv, the Beam runner's
 # listing), and only those.
@@ -38,7 +34,8 @@ def _num_shards(candidates: int, shard_size: int) -> int:
 
 
 def _shard_paths(output_dir: str, split: str, count: int) -> list[str]:
-    return [os.path.join(output_dir, features.SHARD_PATTERN.format(split=split, index=i, count=count))
+    return [os.path.join(output_dir,
+                         features.SHARD_PATTERN.format(split=split, index=i, count=count))
             for i in range(count)]
 
 
@@ -54,19 +51,6 @@ def _remove_stale(output_dir: str, keep: Optional[set[str]] = None) -> None:
         is_shard = name.endswith(".tfrecord") and name.split("-")[0] in features.SPLITS
         if is_temp or (keep is not None and is_shard and path not in keep):
             tf.io.gfile.remove(path)
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    import tensorflow as tf
-
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    _write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def _shard_entries(final_paths: dict[str, list[str]], records: collections.Counter) -> dict:
@@ -236,9 +220,6 @@ class Tally:
         self.skipped_rows.extend(other.skipped_rows)
         return self
 
-    def progress_line(self) -> str:
-        return f"written {sum(self.written.values())}, skipped {sum(self.skipped.values())}"
-
 
 def prepare_output(output_dir: str) -> None:
     """Creates the output folder; drops temp files of a killed run (old shards stay until the new
@@ -302,7 +283,7 @@ def write_skipped(output_dir: str, rows) -> None:
     for row in sorted(rows, key=lambda r: r[0]):
         lines.append("\t".join(str(x).replace("\t", " ").replace("\n", " ")
                                for x in row[1:]) + "\n")
-    _write_text_atomic(os.path.join(output_dir, "skipped.tsv"), "".join(lines))
+    files.write_text_atomic(os.path.join(output_dir, "skipped.tsv"), "".join(lines))
 
 
 def finish_output(plan: Plan, tally: Tally, token: str, elapsed: float) -> dict:
@@ -318,7 +299,7 @@ def finish_output(plan: Plan, tally: Tally, token: str, elapsed: float) -> dict:
     _remove_stale(plan.output_dir, keep=set(plan.all_shards()))
     manifest = build_manifest(plan, tally, elapsed)
     write_skipped(plan.output_dir, tally.skipped_rows)
-    _write_json_atomic(os.path.join(plan.output_dir, features.MANIFEST), manifest)
+    files.write_json_atomic(os.path.join(plan.output_dir, features.MANIFEST), manifest)
     return manifest
 
 
@@ -329,8 +310,9 @@ def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str
         workers: int = 0, progress: bool = True, source_description: Optional[str] = None,
         include_hidden: bool = False) -> dict:
     """Converts ``input_dir`` into ``output_dir`` with a local process pool; returns the
-    manifest. ``input_dir`` may be a ``gs://``-style path (`exif_keras.common.files`); with more than one
-    worker it must be one every process can read (not ``ram://``, which is per process)."""
+    manifest. ``input_dir`` may be a ``gs://``-style path (`exif_keras.common.files`); with more
+    than one worker it must be one every process can read (not ``ram://``, which is per
+    process)."""
     import tensorflow as tf
 
     plan = plan_conversion(input_dir, output_dir, layout, exif_variant, min_side, max_pixels,
@@ -349,14 +331,14 @@ def run(input_dir: str, output_dir: str, layout: str = "auto", exif_variant: str
     logging.info("Converting %d candidate images from %s (layout %s) with %d workers",
                  len(plan.items), input_dir, plan.layout, workers)
     tally = Tally()
-    bar = Progress(len(plan.items), "make_records", enabled=progress)
+    bar = StderrProgbar(len(plan.items), "make_records", enabled=progress)
     try:
         for index, result in enumerate(_results(plan.items, plan.options, workers)):
             tally.add(index, result, plan)
             if result.record is not None:
                 split, shard = shard_of_result(result, plan)
                 writers[split][shard].write(serialize_record(result))
-            bar.update(extra=tally.progress_line())
+            bar.update()
     except BaseException:
         close_all()
         discard_temporaries(output_dir)
@@ -388,32 +370,3 @@ def summary_table(manifest: dict) -> str:
     lines.append(f"({manifest['candidates']} files in {manifest['seconds']:.1f} s, "
                  f"{manifest['images_per_second']} images/s)")
     return "\n".join(lines)
-
-
-class RunnerError(ValueError):
-    """The chosen runner cannot run (Beam missing, bad pipeline options)."""
-
-
-def run_with_runner(runner: str, input_dir: str, output_dir: str, *, workers: int = 0,
-                    progress: bool = True, beam_pipeline_options: str = "", **kwargs) -> dict:
-    """The local runner (`run`) or the Beam pipeline (`beam_runner.run`) with the same arguments
-    (``kwargs``: those of `plan_conversion`). Beam is imported only for the latter."""
-    if runner == "local":
-        return run(input_dir, output_dir, workers=workers, progress=progress, **kwargs)
-    if runner != "beam":
-        raise RunnerError(f"unknown --runner={runner!r}; expected local or beam")
-    try:
-        from exif_keras.records import beam_runner
-    except ImportError as e:
-        raise RunnerError(f"--runner=beam needs Apache Beam ({e}); install it with "
-                          "pip install -e '.[beam]', or use --runner=local") from e
-    if workers:
-        logging.warning("--workers is ignored by --runner=beam: the Beam runner's options "
-                        "(e.g. --direct_num_workers, --num_workers) set the parallelism")
-    try:
-        options = beam_runner.parse_pipeline_options(beam_pipeline_options)
-    except beam_runner.PipelineOptionsError as e:
-        raise RunnerError(str(e)) from e
-    return beam_runner.run(input_dir, output_dir, pipeline_options=options, **kwargs)
-
-
