@@ -1,4 +1,5 @@
-"""Tests of the speed benchmark (exif_keras/benchmark.py) on a tiny configuration.
+"""Tests of the speed benchmark (exif_keras/analysis/benchmarks.py, timing.py and the command
+exif_keras/benchmark.py) on a tiny configuration.
 
 Structure only: every section present, rates positive, ratios computed, the text, Markdown and JSON
 reports well formed. Timings are never asserted (the machine is shared and noisy).
@@ -8,31 +9,34 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import keras
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
-from exif_keras import benchmark
+from exif_keras.analysis import benchmarks, timing
 
-EXPORT_AVAILABLE = benchmark.export_lib is not None
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXPORT_AVAILABLE = benchmarks.exporter is not None
 
 
-def tiny_config(work_dir, **overrides) -> benchmark.BenchConfig:
+def tiny_config(work_dir, **overrides) -> benchmarks.BenchConfig:
     """--quick with a scratch trunk at P=32: every section, a few seconds each."""
     base = dict(backbone="scratch", num_patches=2, patch_size=32, filters=4, batch_size=2,
                 num_images=12, repeats=2, steps=1, pipeline_batch_size=4,
                 serving_batch_sizes=(1, 3), work_dir=str(work_dir))
     base.update(overrides)
-    return benchmark.BenchConfig.quick_config(**base)
+    return benchmarks.BenchConfig.quick_config(**base)
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("benchmark")
     policy = keras.config.dtype_policy().name
-    out = benchmark.run_benchmark(tiny_config(work_dir))
+    out = benchmarks.run_benchmark(tiny_config(work_dir))
     assert keras.config.dtype_policy().name == policy  # restored
     return out
 
@@ -57,7 +61,7 @@ def _check_ratio(r, of, to):
 
 
 def test_every_section_present_with_positive_rates(result):
-    assert list(result["sections"]) == list(benchmark.SECTIONS)
+    assert list(result["sections"]) == list(benchmarks.SECTIONS)
     config = result["config"]
     assert config["quick"] and config["resolved"]["batch_size"] == 2
     for name, section in result["sections"].items():
@@ -74,7 +78,7 @@ def test_every_section_present_with_positive_rates(result):
 
 def test_convert_section(result):
     convert = result["sections"]["convert"]
-    beam = benchmark.beam_available() is None
+    beam = benchmarks.beam_available() is None
     assert set(convert["measurements"]) == {"make_records_sample", "pillow_decode_sample"} | (
         {"beam_direct_sample"} if beam else set())
     _check_ratio(convert["ratios"]["make_records_vs_pillow_decode_sample"],
@@ -123,7 +127,7 @@ def test_train_and_patch_modes_sections(result):
     assert modes["measurements"]["train_step_folded"] == train["measurements"]["train_step_folded"]
 
 
-@pytest.mark.skipif(not EXPORT_AVAILABLE, reason="exif_keras.export is not importable")
+@pytest.mark.skipif(not EXPORT_AVAILABLE, reason="exif_keras.serving is not importable")
 def test_serving_section(result):
     serving = result["sections"]["serving"]
     assert set(serving["measurements"]) == {f"{kind}_b{b}" for b in (1, 3)
@@ -147,61 +151,60 @@ def test_precision_section(result):
     for what in ("train_step", "trunk_forward"):
         _check_ratio(precision["ratios"][f"bfloat16_vs_float32_{what}"], f"bfloat16_{what}",
                      f"float32_{what}")
-    assert precision["trunk_batch_patches"] == benchmark.PRECISION_TRUNK_PATCHES
+    assert precision["trunk_batch_patches"] == benchmarks.PRECISION_TRUNK_PATCHES
     assert set(precision["cpu_bfloat16_flags"]) <= {"avx512_bf16", "amx_bf16"}
-    rows = [r for r in benchmark.table_rows(result) if r[0] == "precision"]
+    rows = [r for r in benchmarks.table_rows(result) if r[0] == "precision"]
     assert [r[7] for r in rows if r[1].startswith("float32")] == ["1 (base)", "1 (base)"]
 
 
 def test_reports(result):
-    text = benchmark.format_text(result)
+    text = benchmarks.format_text(result)
     for name in ("make_dataset_eval", "decode_jpeg", "train_step_folded", "trunk_forward",
                  "train_step_time_distributed", "FLOP ceiling", "machine:"):
         assert name in text, name
-    markdown = benchmark.format_markdown(result)
+    markdown = benchmarks.format_markdown(result)
     assert "**Machine:**" in markdown and result["machine"]["tensorflow"] in markdown
     table = [line for line in markdown.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + len(benchmark.table_rows(result))
+    assert len(table) == 2 + len(benchmarks.table_rows(result))
     assert len({line.count("|") for line in table}) == 1  # every row has every column
     assert json.loads(json.dumps(result)) == result       # JSON-ready
 
 
 def test_machine_info():
-    info = benchmark.machine_info()
+    info = benchmarks.machine_info()
     assert info["cpu"] and info["cpu_count"] >= 1 and info["tensorflow"]
     assert isinstance(info["gpus"], list)
 
 
 def test_config_validation_and_resolution():
     with pytest.raises(ValueError, match="sections"):
-        benchmark.BenchConfig(sections=("pipeline", "nope"))
+        benchmarks.BenchConfig(sections=("pipeline", "nope"))
     with pytest.raises(ValueError, match="batch_size"):
-        benchmark.BenchConfig(batch_size=0)
+        benchmarks.BenchConfig(batch_size=0)
     with pytest.raises(ValueError, match="mixed_precision"):
-        benchmark.BenchConfig(mixed_precision="maybe")
-    assert benchmark.BenchConfig(mixed_precision="bfloat16").resolved(gpu=False)["mixed_precision"]
-    cpu = benchmark.BenchConfig().resolved(gpu=False)
-    gpu = benchmark.BenchConfig().resolved(gpu=True)
+        benchmarks.BenchConfig(mixed_precision="maybe")
+    assert benchmarks.BenchConfig(mixed_precision="bfloat16").resolved(gpu=False)["mixed_precision"]
+    cpu = benchmarks.BenchConfig().resolved(gpu=False)
+    gpu = benchmarks.BenchConfig().resolved(gpu=True)
     assert (cpu["batch_size"], gpu["batch_size"]) == (8, 32)
     assert not cpu["mixed_precision"] and gpu["mixed_precision"]
     assert cpu["serving_steps"] == {1: 8, 32: 1}
-    assert benchmark.BenchConfig(mixed_precision="on").resolved(gpu=False)["mixed_precision"]
-    quick = benchmark.BenchConfig.quick_config()
+    assert benchmarks.BenchConfig(mixed_precision="on").resolved(gpu=False)["mixed_precision"]
+    quick = benchmarks.BenchConfig.quick_config()
     assert (quick.num_patches, quick.patch_size, quick.num_images) == (2, 64, 32)
 
 
-def test_cli_quick_flags_and_json(tmp_path, capsys):
+def test_cli_quick_flags_and_json(tmp_path):
     out = tmp_path / "figures.json"
     argv = ["benchmark", "--quick", "--sections=pipeline", "--num_images=8", "--repeats=1",
             "--pipeline_batch_size=4", f"--work_dir={tmp_path / 'work'}", f"--json_out={out}",
             "--markdown"]
-    with flagsaver.flagsaver():
-        rest = flags.FLAGS(argv, known_only=True)
-        try:
-            assert benchmark.main(rest) == 0
-        finally:
-            flags.FLAGS.unparse_flags()
-    printed = capsys.readouterr().out
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "exif_keras.benchmark", *argv[1:]], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    printed = done.stdout
     assert "| pipeline | make_dataset_eval |" in printed and "**Command:**" in printed
     saved = json.loads(out.read_text())
     assert list(saved["sections"]) == ["pipeline"]
@@ -215,13 +218,13 @@ def test_cli_quick_flags_and_json(tmp_path, capsys):
 def test_ratio_is_of_over_to_on_known_samples():
     """A ratio says how fast ``of`` runs relative to ``to``: twice as many images per second is
     2.0, not 0.5 (an inverted ratio would turn every speed claim in BUILD.md upside down)."""
-    S = benchmark.Sample
+    S = timing.Sample
     samples = {"fast": [S(1.0, 2.0, 40), S(1.0, 2.0, 44), S(1.0, 1.0, 36)],
                "slow": [S(1.0, 1.0, 20), S(2.0, 2.0, 44), S(1.0, 1.0, 18)]}
-    r = benchmark.ratio(samples, "fast", "slow")
+    r = timing.ratio(samples, "fast", "slow")
     assert (r["of"], r["to"]) == ("fast", "slow")
     assert r["wall"] == pytest.approx(40 / 20)                       # medians 40 and 20 img/s
     assert r["wall_paired"] == pytest.approx(2.0)                    # per round: 2, 2, 2
     assert r["per_cpu"] == pytest.approx(22 / 20)                    # medians 22 and 20 img/CPU-s
     assert r["per_cpu_paired"] == pytest.approx(1.0)                 # 20/20, 22/22, 36/18
-    assert benchmark.ratio(samples, "slow", "fast")["wall"] == pytest.approx(0.5)
+    assert timing.ratio(samples, "slow", "fast")["wall"] == pytest.approx(0.5)

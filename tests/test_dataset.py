@@ -11,12 +11,22 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from exif_keras.data import pipeline
-from exif_keras.records import features
 from exif_keras.common import labels
+from exif_keras.data import patches, pipeline
+from exif_keras.records import features
+from exif_keras.records import manifest as records_manifest
 
 P = 32   # patch size used throughout: small keeps the tests fast
 K = 4    # patches per image
+
+
+def make_dataset(data_dir, split, field, task="binary", batch_size=32,
+                 num_patches=patches.NUM_PATCHES, patch_size=patches.PATCH_SIZE,
+                 shuffle_buffer=1024, **kwargs):
+    """pipeline.make_dataset with its data section built from keyword arguments."""
+    config = pipeline.DataConfig(data_dir, batch_size=batch_size, num_patches=num_patches,
+                                 patch_size=patch_size, shuffle_buffer=shuffle_buffer)
+    return pipeline.make_dataset(config, split, field, task, **kwargs)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -61,7 +71,7 @@ def write_split(data_dir, split: str, records: list[tuple[np.ndarray, dict]], sh
 
 
 def decoded_jpeg(array: np.ndarray) -> np.ndarray:
-    return pipeline.decode_image(tf.constant(jpeg(array))).numpy()
+    return patches.decode_image(tf.constant(jpeg(array))).numpy()
 
 
 def grid_reference(height: int, width: int, k: int, p: int) -> list[tuple[int, int]]:
@@ -112,31 +122,31 @@ def records_dir(tmp_path_factory):
 
 
 def run(ds, head: str = "shutter") -> tuple[np.ndarray, np.ndarray]:
-    patches, labels_ = zip(*[(p.numpy(), y[head].numpy()) for p, y in ds])
-    return np.concatenate(patches), np.concatenate(labels_)
+    crops, labels_ = zip(*[(p.numpy(), y[head].numpy()) for p, y in ds])
+    return np.concatenate(crops), np.concatenate(labels_)
 
 
 # ------------------------------------------------------------------------ patches (no records)
 
 def test_grid_shape():
-    assert pipeline.grid_shape(1) == (1, 1)
-    assert pipeline.grid_shape(8) == (2, 4)
-    assert pipeline.grid_shape(9) == (3, 3)
-    assert pipeline.grid_shape(12) == (3, 4)
-    assert pipeline.grid_shape(7) == (1, 7)
+    assert patches.grid_shape(1) == (1, 1)
+    assert patches.grid_shape(8) == (2, 4)
+    assert patches.grid_shape(9) == (3, 3)
+    assert patches.grid_shape(12) == (3, 4)
+    assert patches.grid_shape(7) == (1, 7)
     with pytest.raises(ValueError):
-        pipeline.grid_shape(0)
+        patches.grid_shape(0)
 
 
 @pytest.mark.parametrize("height,width,k", [(375, 500, 8), (500, 375, 8), (100, 100, 4),
                                             (91, 200, 9), (64, 77, 1), (40, 300, 5)])
 def test_eval_grid_matches_reference_and_is_symmetric(height, width, k):
     image = coord_image(height, width)
-    patches = pipeline.extract_patches(tf.constant(image), k, P, is_training=False).numpy()
-    assert patches.shape == (k, P, P, 3) and patches.dtype == np.uint8
+    crops = patches.extract_patches(tf.constant(image), k, P, is_training=False).numpy()
+    assert crops.shape == (k, P, P, 3) and crops.dtype == np.uint8
     expected = grid_reference(height, width, k, P)
-    assert [where_is(p) for p in patches] == expected
-    for (y, x), patch in zip(expected, patches):
+    assert [where_is(p) for p in crops] == expected
+    for (y, x), patch in zip(expected, crops):
         np.testing.assert_array_equal(patch, image[y:y + P, x:x + P])
     ys = sorted({y for y, _ in expected})
     xs = sorted({x for _, x in expected})
@@ -150,36 +160,36 @@ def test_eval_grid_matches_reference_and_is_symmetric(height, width, k):
             assert offsets[n // 2] == slack // 2
         if n > 1:
             assert offsets[0] == 0 and offsets[-1] == slack
-    again = pipeline.extract_patches(tf.constant(image), k, P, is_training=False).numpy()
-    np.testing.assert_array_equal(patches, again)
+    again = patches.extract_patches(tf.constant(image), k, P, is_training=False).numpy()
+    np.testing.assert_array_equal(crops, again)
 
 
 def test_eval_grid_known_positions():
     # the project default on a MIRFLICKR-sized landscape image: 2 rows x 4 columns, P=128
-    ys, xs = pipeline.grid_offsets(375, 500, 8, 128)
+    ys, xs = patches.grid_offsets(375, 500, 8, 128)
     assert ys.numpy().tolist() == [0, 0, 0, 0, 247, 247, 247, 247]
     assert xs.numpy().tolist() == [0, 124, 248, 372] * 2
-    ys, xs = pipeline.grid_offsets(500, 375, 8, 128)  # portrait: 4 rows x 2 columns
+    ys, xs = patches.grid_offsets(500, 375, 8, 128)  # portrait: 4 rows x 2 columns
     assert ys.numpy().tolist() == [0, 0, 124, 124, 248, 248, 372, 372]
     assert xs.numpy().tolist() == [0, 247] * 4
-    ys, xs = pipeline.grid_offsets(101, 130, 1, 64)   # k=1: the centre crop
+    ys, xs = patches.grid_offsets(101, 130, 1, 64)   # k=1: the centre crop
     assert (ys.numpy().tolist(), xs.numpy().tolist()) == ([18], [33])
     centre = tf.image.resize_with_crop_or_pad(tf.constant(coord_image(101, 130)), 64, 64)
-    patch = pipeline.extract_patches(tf.constant(coord_image(101, 130)), 1, 64, False)[0]
+    patch = patches.extract_patches(tf.constant(coord_image(101, 130)), 1, 64, False)[0]
     np.testing.assert_array_equal(patch.numpy(), centre.numpy())
 
 
 @pytest.mark.parametrize("height,width", [(300, 400), (P, P), (P + 1, 5 * P), (10, 100)])
 def test_random_crops_lie_inside_the_image(height, width):
     image = coord_image(height, width)
-    padded = pipeline.pad_to_min_size(tf.constant(image), P).numpy()
+    padded = patches.pad_to_min_size(tf.constant(image), P).numpy()
     ph, pw = padded.shape[:2]
     seen = set()
     for s in range(20):
-        patches = pipeline.extract_patches(tf.constant(image), K, P, is_training=True,
+        crops = patches.extract_patches(tf.constant(image), K, P, is_training=True,
                                           seed=tf.constant([s, 7], tf.int64)).numpy()
-        assert patches.shape == (K, P, P, 3) and patches.dtype == np.uint8
-        for patch in patches:
+        assert crops.shape == (K, P, P, 3) and crops.dtype == np.uint8
+        for patch in crops:
             hits = [(y, x) for y in range(ph - P + 1) for x in range(pw - P + 1)
                     if np.array_equal(padded[y:y + P, x:x + P], patch)] if height < P else None
             if hits is None:
@@ -197,43 +207,43 @@ def test_random_crops_lie_inside_the_image(height, width):
 def test_random_crops_stateless_and_unseeded():
     image = tf.constant(coord_image(200, 300))
     seed = tf.constant([3, 4], tf.int64)
-    a = pipeline.extract_patches(image, K, P, True, seed=seed).numpy()
-    b = pipeline.extract_patches(image, K, P, True, seed=seed).numpy()
-    c = pipeline.extract_patches(image, K, P, True, seed=tf.constant([3, 5], tf.int64)).numpy()
+    a = patches.extract_patches(image, K, P, True, seed=seed).numpy()
+    b = patches.extract_patches(image, K, P, True, seed=seed).numpy()
+    c = patches.extract_patches(image, K, P, True, seed=tf.constant([3, 5], tf.int64)).numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    d = pipeline.extract_patches(image, K, P, True).numpy()  # stateful path works too
+    d = patches.extract_patches(image, K, P, True).numpy()  # stateful path works too
     assert d.shape == (K, P, P, 3)
 
 
 def test_small_image_is_zero_padded_symmetrically():
     image = coord_image(10, 21)
     for training in (False, True):
-        patches = pipeline.extract_patches(tf.constant(image), 3, P, training,
+        crops = patches.extract_patches(tf.constant(image), 3, P, training,
                                           seed=tf.constant([1, 2])).numpy()
-        assert patches.shape == (3, P, P, 3)
-        for patch in patches:  # the whole image, centred, odd extra pixel bottom/right
+        assert crops.shape == (3, P, P, 3)
+        for patch in crops:  # the whole image, centred, odd extra pixel bottom/right
             top, left = (P - 10) // 2, (P - 21) // 2
             np.testing.assert_array_equal(patch[top:top + 10, left:left + 21], image)
             assert patch.sum() == image.astype(np.int64).sum()
     # padded in one dimension only: 20 x 100 image, P=32 -> rows padded, columns cropped
     wide = coord_image(20, 100)
-    patches = pipeline.extract_patches(tf.constant(wide), 2, P, False).numpy()
-    np.testing.assert_array_equal(patches[0, 6:26], wide[:, 0:P])
-    np.testing.assert_array_equal(patches[1, 6:26], wide[:, 100 - P:])
-    assert not patches[:, :6].any() and not patches[:, 26:].any()
+    crops = patches.extract_patches(tf.constant(wide), 2, P, False).numpy()
+    np.testing.assert_array_equal(crops[0, 6:26], wide[:, 0:P])
+    np.testing.assert_array_equal(crops[1, 6:26], wide[:, 100 - P:])
+    assert not crops[:, :6].any() and not crops[:, 26:].any()
 
 
 def test_decode_image_greyscale_png_and_jpeg():
     grey = textured(30, 40, 0, grey=True)
-    out = pipeline.decode_image(tf.constant(jpeg(grey))).numpy()
+    out = patches.decode_image(tf.constant(jpeg(grey))).numpy()
     assert out.shape == (30, 40, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[..., 0], out[..., 1])
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
     rgb = textured(30, 40, 1)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, "PNG")
-    np.testing.assert_array_equal(pipeline.decode_image(tf.constant(buf.getvalue())).numpy(), rgb)
+    np.testing.assert_array_equal(patches.decode_image(tf.constant(buf.getvalue())).numpy(), rgb)
 
 
 # ------------------------------------------------------------------------- decoder and parser
@@ -255,8 +265,8 @@ def test_decoder_and_parser_targets(records_dir):
     # out-of-range fine labels are left out, not an error
     assert parser.target({"label/shutter": tf.constant([20, 99, -5], tf.int64)})[
         "shutter"].numpy().tolist() == [-1, -1, -1]
-    patches, label = parser.parse_fn(False)(one | {"label/shutter": tf.constant(9, tf.int64)})
-    assert patches.shape == (K, P, P, 3) and patches.dtype == tf.uint8
+    crops, label = parser.parse_fn(False)(one | {"label/shutter": tf.constant(9, tf.int64)})
+    assert crops.shape == (K, P, P, 3) and crops.dtype == tf.uint8
     assert int(label["shutter"]) == 1
     with pytest.raises(ValueError):
         pipeline.Decoder(keys=["image/nope"])
@@ -266,11 +276,11 @@ def test_decoder_and_parser_targets(records_dir):
 
 def test_eval_dataset_shapes_filter_labels_and_determinism(records_dir):
     data_dir, train, _ = records_dir
-    ds = pipeline.make_dataset(data_dir, "train", "shutter", batch_size=3, num_patches=K,
+    ds = make_dataset(data_dir, "train", "shutter", batch_size=3, num_patches=K,
                               patch_size=P, is_training=False)
     shapes = [(p.shape, p.dtype, y["shutter"].shape, y["shutter"].dtype) for p, y in ds]
     assert shapes[0] == ((3, K, P, P, 3), tf.uint8, (3,), tf.int32)
-    patches, got = run(ds)
+    crops, got = run(ds)
     kept = [(i, labels.task_spec("shutter", "binary").target(f))
             for i, f in enumerate(SHUTTER_FINE)]
     kept = [(i, t) for i, t in kept if t >= 0]
@@ -279,15 +289,15 @@ def test_eval_dataset_shapes_filter_labels_and_determinism(records_dir):
     # eval order: shards sorted, interleaved one record at a time: 0, 1, 2, ... here
     assert got.tolist() == [t for _, t in kept]
     # each example's patches are exactly the grid crops of the decoded JPEG
-    for (i, _), example_patches in zip(kept, patches):
-        image = np.asarray(pipeline.pad_to_min_size(
+    for (i, _), example_patches in zip(kept, crops):
+        image = np.asarray(patches.pad_to_min_size(
             tf.constant(decoded_jpeg(train[i][0])), P))
         for (y, x), patch in zip(grid_reference(*image.shape[:2], K, P), example_patches):
             np.testing.assert_array_equal(patch, image[y:y + P, x:x + P])
     again, _ = run(ds)
-    np.testing.assert_array_equal(patches, again)
+    np.testing.assert_array_equal(crops, again)
     # fine task keeps every labelled example; drop_remainder gives full batches only
-    fine = pipeline.make_dataset(data_dir, "train", "shutter", task="fine", batch_size=4,
+    fine = make_dataset(data_dir, "train", "shutter", task="fine", batch_size=4,
                                 num_patches=K, patch_size=P, drop_remainder=True,
                                 is_training=False)
     assert [int(y["shutter"].shape[0]) for _, y in fine] == [4, 4]  # 9 labelled: 2 full batches
@@ -296,21 +306,21 @@ def test_eval_dataset_shapes_filter_labels_and_determinism(records_dir):
 def test_training_crops_fresh_each_epoch_and_repeatable_with_seed(records_dir):
     data_dir, _, _ = records_dir
     kwargs = dict(batch_size=4, num_patches=K, patch_size=P, seed=123, shuffle_buffer=16)
-    ds = pipeline.make_dataset(data_dir, "train", "shutter", **kwargs)
+    ds = make_dataset(data_dir, "train", "shutter", **kwargs)
     e1, y1 = run(ds)
     e2, y2 = run(ds)
     assert e1.shape == (7, K, P, P, 3) and sorted(y1.tolist()) == sorted(y2.tolist())
     assert not np.array_equal(e1, e2)                       # fresh crops / order per epoch
-    same = pipeline.make_dataset(data_dir, "train", "shutter", **kwargs)
+    same = make_dataset(data_dir, "train", "shutter", **kwargs)
     f1, z1 = run(same)
     f2, z2 = run(same)
     np.testing.assert_array_equal(e1, f1)                    # same seed: same run
     np.testing.assert_array_equal(e2, f2)
     np.testing.assert_array_equal(y1, z1)
-    other = pipeline.make_dataset(data_dir, "train", "shutter", **(kwargs | {"seed": 124}))
+    other = make_dataset(data_dir, "train", "shutter", **(kwargs | {"seed": 124}))
     assert not np.array_equal(run(other)[0], e1)
     # with repeat(), successive passes of one stream differ too
-    stream = pipeline.make_dataset(data_dir, "train", "shutter", repeat=True, cache=True,
+    stream = make_dataset(data_dir, "train", "shutter", repeat=True, cache=True,
                                   **(kwargs | {"batch_size": 7}))
     it = iter(stream)
     a, b = next(it)[0].numpy(), next(it)[0].numpy()
@@ -328,7 +338,7 @@ def test_several_fields_mask_missing_labels_and_keep_any_labelled(records_dir):
     assert target["iso"].numpy().tolist() == [-1, 0, -1, 1]
     assert parser.keep(decoded).numpy().tolist() == [True, True, False, True]
     # every train record has iso class 0 (binary ISO 100): all are kept, shutter masked as -1
-    ds = pipeline.make_dataset(data_dir, "train", "shutter,iso", batch_size=4, num_patches=K,
+    ds = make_dataset(data_dir, "train", "shutter,iso", batch_size=4, num_patches=K,
                               patch_size=P, is_training=False)
     _, shutter = run(ds, "shutter")
     _, iso = run(ds, "iso")
@@ -342,11 +352,11 @@ def test_several_fields_mask_missing_labels_and_keep_any_labelled(records_dir):
 def test_an_epoch_is_a_function_of_seed_and_epoch(records_dir):
     data_dir, _, _ = records_dir
     kwargs = dict(batch_size=4, num_patches=K, patch_size=P, seed=7, shuffle_buffer=16)
-    first = run(pipeline.make_dataset(data_dir, "train", "shutter", epoch=3, **kwargs))
-    again = run(pipeline.make_dataset(data_dir, "train", "shutter", epoch=3, **kwargs))
+    first = run(make_dataset(data_dir, "train", "shutter", epoch=3, **kwargs))
+    again = run(make_dataset(data_dir, "train", "shutter", epoch=3, **kwargs))
     np.testing.assert_array_equal(first[0], again[0])      # a new pipeline, the same epoch
     np.testing.assert_array_equal(first[1], again[1])
-    other = run(pipeline.make_dataset(data_dir, "train", "shutter", epoch=4, **kwargs))
+    other = run(make_dataset(data_dir, "train", "shutter", epoch=4, **kwargs))
     assert not np.array_equal(first[0], other[0])
     assert pipeline._stage_seed(7, "crops", 3) == 1341321889  # pinned: resumes must not change
     assert pipeline._stage_seed(7, "crops", 3) != pipeline._stage_seed(7, "crops", 4)
@@ -363,10 +373,10 @@ def test_left_out_examples_are_never_decoded(tmp_path):
                                        exposure_time=None, f_number=None, iso=None,
                                        labels={"shutter": fine})
             w.write(ex.SerializeToString())
-    ds = pipeline.make_dataset(str(tmp_path), "validation", "shutter", num_patches=K, patch_size=P)
-    patches, got = run(ds)
-    assert got.tolist() == [0] and patches.shape == (1, K, P, P, 3)
-    fine = pipeline.make_dataset(str(tmp_path), "validation", "shutter", task="fine",
+    ds = make_dataset(str(tmp_path), "validation", "shutter", num_patches=K, patch_size=P)
+    crops, got = run(ds)
+    assert got.tolist() == [0] and crops.shape == (1, K, P, P, 3)
+    fine = make_dataset(str(tmp_path), "validation", "shutter", task="fine",
                                 num_patches=K, patch_size=P)
     with pytest.raises(tf.errors.InvalidArgumentError):
         run(fine)  # ...whereas the fine task keeps it, and decoding it fails
@@ -374,11 +384,11 @@ def test_left_out_examples_are_never_decoded(tmp_path):
 
 def test_empty_dir_and_missing_split(tmp_path, records_dir):
     with pytest.raises(ValueError, match="train-") as info:
-        pipeline.make_dataset(str(tmp_path), "train", "shutter")
+        make_dataset(str(tmp_path), "train", "shutter")
     assert str(tmp_path) in str(info.value)
     data_dir, _, _ = records_dir
     with pytest.raises(ValueError, match="test"):
-        pipeline.make_dataset(data_dir, "test", "shutter")
+        make_dataset(data_dir, "test", "shutter")
 
 
 # ------------------------------------------------------------------------------------ manifest
@@ -395,10 +405,10 @@ def test_manifest_counts_and_stats(records_dir, tmp_path):
     (tmp_path / features.MANIFEST).write_text("{}")
     with pytest.raises(ValueError, match="counts"):
         pipeline.count_examples(str(tmp_path), "train", "shutter", "binary")
-    manifest = pipeline.read_manifest(data_dir)
-    mean, std = pipeline.dataset_mean_std(manifest)
+    manifest = records_manifest.read_manifest(data_dir)
+    mean, std = records_manifest.dataset_mean_std(manifest)
     assert mean == [120.0, 110.5, 100.0] and std == [60.0, 61.0, 62.0]
     with pytest.raises(ValueError, match="pixel_stats"):
-        pipeline.dataset_mean_std({"counts": {}})
+        records_manifest.dataset_mean_std({"counts": {}})
     with pytest.raises(FileNotFoundError, match="manifest.json"):
-        pipeline.read_manifest(str(tmp_path / "nowhere"))
+        records_manifest.read_manifest(str(tmp_path / "nowhere"))

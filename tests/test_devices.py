@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exif_keras.modeling import run_folder
-from exif_keras.data import pipeline as data
-from exif_keras import export, train
-from exif_keras.training import devices
-from exif_keras.records import writer
-from exif_keras.records import sample
+from exif_keras import train
+from exif_keras.data import pipeline
 from exif_keras.modeling import model as model_lib
+from exif_keras.modeling import run_folder
+from exif_keras.records import sample, writer
+from exif_keras.serving import exporter, signature
+from exif_keras.training import config as config_lib
+from exif_keras.training import devices, trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,17 +37,17 @@ def records(tmp_path_factory):
     root = tmp_path_factory.mktemp("devices_data")
     sample.generate_sample(str(root / "sample"), count=48, seed=3, workers=2, progress=False)
     writer.run(str(root / "sample"), str(root / "records"), workers=2, progress=False,
-                     shard_size=8)
+               shard_size=8)
     return root / "records"
 
 
-def tiny_config(records, model_dir, **overrides) -> train.TrainConfig:
+def tiny_config(records, model_dir, **overrides) -> config_lib.TrainConfig:
     base = dict(field="shutter", task="binary", data_dir=str(records), model_dir=str(model_dir),
                 epochs=2, batch_size=8, num_patches=2, patch_size=32, backbone="scratch",
                 filters=4, scratch_width_divisor=8, export=False, verbose=0, eval_train=False,
                 seed=1)
     base.update(overrides)
-    return train.TrainConfig(**base)
+    return config_lib.TrainConfig.from_flat(**base)
 
 
 @pytest.fixture
@@ -95,31 +96,50 @@ CLUSTER = {"cluster": {"worker": ["localhost:1", "localhost:2"]},
            "task": {"type": "worker", "index": 1}}
 
 
-def test_strategy_names_and_tf_config():
+def resolver_of(monkeypatch, tf_config):
+    """devices.cluster_resolver() with this TF_CONFIG (a dict, a string, or None: unset)."""
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config if isinstance(tf_config, str)
+                           else json.dumps(tf_config))
+    return devices.cluster_resolver()
+
+
+def test_strategy_names_and_tf_config(monkeypatch):
+    cluster = resolver_of(monkeypatch, CLUSTER)
     assert devices.resolve_strategy_name("auto", 0, None) == "default"
     assert devices.resolve_strategy_name("auto", 2, None) == "mirrored"
-    assert devices.resolve_strategy_name("auto", 0, CLUSTER) == "multi_worker"
+    assert devices.resolve_strategy_name("auto", 0, cluster) == "multi_worker"
     one = {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}
-    assert devices.resolve_strategy_name("auto", 0, one) == "default"
-    assert devices.resolve_strategy_name("default", 4, CLUSTER) == "default"
-    assert devices.read_tf_config({"TF_CONFIG": json.dumps(CLUSTER)}) == CLUSTER
-    assert devices.read_tf_config({}) is None
+    assert devices.resolve_strategy_name("auto", 0, resolver_of(monkeypatch, one)) == "default"
+    cluster = resolver_of(monkeypatch, CLUSTER)
+    assert devices.resolve_strategy_name("default", 4, cluster) == "default"
+    assert cluster.cluster_spec().as_dict() == CLUSTER["cluster"]
+    assert (cluster.task_type, cluster.task_id) == ("worker", 1)
+    assert resolver_of(monkeypatch, None) is None
     with pytest.raises(devices.DeviceError, match="not JSON"):
-        devices.read_tf_config({"TF_CONFIG": "{cluster"})
+        resolver_of(monkeypatch, "{cluster")
+    resolver_of(monkeypatch, None)
     with pytest.raises(devices.DeviceError, match="needs the TF_CONFIG"):
-        devices.make_strategy("multi_worker", environ={})
+        devices.make_strategy("multi_worker")
     with pytest.raises(devices.DeviceError, match="not in its cluster"):
-        devices.check_tf_config({**CLUSTER, "task": {"type": "worker", "index": 2}})
-    devices.check_tf_config(CLUSTER)
+        devices.check_cluster(resolver_of(monkeypatch, {**CLUSTER, "task": {"type": "worker",
+                                                                             "index": 2}}))
+    devices.check_cluster(resolver_of(monkeypatch, CLUSTER))
 
 
 def test_chief_rule():
+    def resolver(task_type, task_id, cluster):
+        return tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+
     workers = {"worker": ["a:1", "b:1"]}
-    assert devices.is_chief("worker", 0, workers)
-    assert not devices.is_chief("worker", 1, workers)
-    assert not devices.is_chief("worker", 0, {"chief": ["c:1"], **workers})
-    assert devices.is_chief("chief", 0, {"chief": ["c:1"], **workers})
-    assert devices.is_chief(None, None, None)
+    assert devices.is_chief(resolver("worker", 0, workers))
+    assert not devices.is_chief(resolver("worker", 1, workers))
+    assert not devices.is_chief(resolver("worker", 0, {"chief": ["c:1"], **workers}))
+    assert devices.is_chief(resolver("chief", 0, {"chief": ["c:1"], **workers}))
+    assert devices.is_chief(None)
 
 
 def test_non_chief_writes_to_a_temporary_folder_that_cleanup_removes(tmp_path):
@@ -137,8 +157,10 @@ def test_non_chief_writes_to_a_temporary_folder_that_cleanup_removes(tmp_path):
 
 def test_each_input_pipeline_reads_its_own_shards(records):
     def images(shard):
-        ds = data.make_dataset(str(records), "train", "shutter", "fine", batch_size=4,
-                               num_patches=1, patch_size=32, is_training=False, shard=shard)
+        data_config = pipeline.DataConfig(str(records), batch_size=4, num_patches=1,
+                                          patch_size=32)
+        ds = pipeline.make_dataset(data_config, "train", "shutter", "fine", is_training=False,
+                                   shard=shard)
         return [p.tobytes() for batch, _ in ds for p in batch.numpy()]
 
     everything = images(None)
@@ -170,13 +192,14 @@ def test_non_chief_restores_the_chiefs_backup(tmp_path):
 # ------------------------------------------------------------------------------------ bfloat16
 
 def test_bfloat16_training_and_float32_export(records, tmp_path, restore_policy):
-    metrics = train.train(tiny_config(records, tmp_path / "run", epochs=1,
-                                      mixed_precision="bfloat16", export=True,
-                                      export_dir=str(tmp_path / "models" / "m")))
+    metrics = trainer.train(tiny_config(records, tmp_path / "run", epochs=1,
+                                        mixed_precision="bfloat16", export=True,
+                                        export_dir=str(tmp_path / "models" / "m")),
+                            export_fn=train.export_run)
     assert metrics["dtype_policy"] == "mixed_bfloat16" and metrics["mixed_precision"] is True
     run = run_folder.read(str(tmp_path / "run"))
-    images = export.sample_images(run.config.patch_size, count=3)
-    patches = tf.stack([export.preprocess(tf.constant([b]), run.config.num_patches,
+    images = exporter.sample_images(run.config.patch_size, count=3)
+    patches = tf.stack([signature.preprocess(tf.constant([b]), run.config.num_patches,
                                           run.config.patch_size)[0] for b in images])
 
     keras.config.set_dtype_policy("mixed_bfloat16")  # the trained model, as in training
@@ -187,7 +210,7 @@ def test_bfloat16_training_and_float32_export(records, tmp_path, restore_policy)
     bf16 = trained(patches, training=False)["shutter"]
     assert bf16.dtype == tf.float32, "probabilities stay float32 under mixed_bfloat16"
 
-    float32_copy = export._serving_copy(trained, run.config)
+    float32_copy = exporter._serving_copy(trained, run.config)
     assert all(w.dtype == "float32" for w in float32_copy.weights)
     reference = float32_copy(patches, training=False)["shutter"].numpy()
 
@@ -202,7 +225,7 @@ def test_bfloat16_training_and_float32_export(records, tmp_path, restore_policy)
     assert meta["precision"] == "float32"
 
     # Asked for, the export computes in bfloat16 (float32 variables and outputs).
-    path = export.export_model(str(tmp_path / "run"), str(tmp_path / "models" / "bf16"),
+    path = exporter.export_model(str(tmp_path / "run"), str(tmp_path / "models" / "bf16"),
                                precision="bfloat16", write_config=False)
     served = tf.saved_model.load(path).signatures["serving_default"](
         image_bytes=tf.constant(images))["probabilities"]
@@ -210,8 +233,8 @@ def test_bfloat16_training_and_float32_export(records, tmp_path, restore_policy)
     np.testing.assert_allclose(served.numpy(), reference, atol=0.05)
     assert json.loads((pathlib.Path(path) / "assets.extra" / "exif_keras.json").read_text()
                       )["precision"] == "bfloat16"
-    with pytest.raises(export.ExportError, match="--export_precision must be one of"):
-        export.export_model(str(tmp_path / "run"), str(tmp_path / "x"), precision="int8")
+    with pytest.raises(exporter.ExportError, match="--export_precision must be one of"):
+        exporter.export_model(str(tmp_path / "run"), str(tmp_path / "x"), precision="int8")
 
 
 # ------------------------------------------------------------------------ two workers, one CPU
@@ -222,7 +245,8 @@ WORKER = textwrap.dedent("""
     import keras
     from exif_keras import train
     from exif_keras.data import pipeline
-    from exif_keras.training import devices
+    from exif_keras.training import config as config_lib
+    from exif_keras.training import devices, trainer
 
     index, out = int(sys.argv[1]), sys.argv[2]
     kill_after = int(os.environ.get("KILL_AFTER_EPOCH", "0"))
@@ -257,8 +281,8 @@ WORKER = textwrap.dedent("""
         return history
     keras.Model.fit = fit
 
-    config = train.TrainConfig(**json.loads(os.environ["TRAIN_CONFIG"]))
-    metrics = train.train(config)
+    config = config_lib.TrainConfig.from_flat(**json.loads(os.environ["TRAIN_CONFIG"]))
+    metrics = trainer.train(config, export_fn=train.export_run)
     seen["workers"], seen["replicas"] = metrics["workers"], metrics["replicas"]
     seen["chief"] = metrics.get("chief", True)
     with open(os.path.join(out, f"seen{index}.json"), "w") as f:
@@ -276,7 +300,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def run_workers(config: train.TrainConfig, out: pathlib.Path, kill_after: int = 0,
+def run_workers(config: config_lib.TrainConfig, out: pathlib.Path, kill_after: int = 0,
                 timeout: float = 150) -> list[subprocess.CompletedProcess]:
     """Two workers on localhost, each with its TF_CONFIG; their outputs once both have ended."""
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +313,7 @@ def run_workers(config: train.TrainConfig, out: pathlib.Path, kill_after: int = 
         tmp.mkdir(exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3",
                    CUDA_VISIBLE_DEVICES="", TMPDIR=str(tmp), KILL_AFTER_EPOCH=str(kill_after),
-                   TRAIN_CONFIG=json.dumps(config.__dict__),
+                   TRAIN_CONFIG=json.dumps(config.to_flat()),
                    TF_CONFIG=json.dumps({"cluster": {"worker": hosts},
                                          "task": {"type": "worker", "index": index}}))
         procs.append(subprocess.Popen([sys.executable, str(script), str(index), str(out)],
@@ -321,9 +345,9 @@ def test_two_workers_train_resume_and_only_the_chief_writes(records, tmp_path):
     #    cluster down with it: collective ops cannot go on without it).
     killed = run_workers(config, tmp_path / "first", kill_after=1)
     assert [r.returncode for r in killed] == [17, 17], "\n".join(r.stdout[-3000:] for r in killed)
-    metadata = json.loads((run / train.BACKUP_DIR / "training_metadata.json").read_text())
+    metadata = json.loads((run / run_folder.BACKUP_DIR / "training_metadata.json").read_text())
     assert metadata["epoch"] == 1
-    with open(run / train.CSV_LOG) as f:
+    with open(run / run_folder.CSV_LOG) as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0"]
 
     # 2. The same command resumes: both run only the second epoch, from the chief's backup.
@@ -350,13 +374,13 @@ def test_two_workers_train_resume_and_only_the_chief_writes(records, tmp_path):
     # Only the chief wrote the run folder and the export; the other worker's temporary folders
     # are gone (those of the killed run stay: a hard kill runs no clean-up).
     names = files_under(run)
-    assert {"model_config.json", "run_config.json", train.BEST_WEIGHTS, train.CSV_LOG,
-            train.METRICS, train.CONFUSION_PNG} <= names
-    assert not any(n.startswith(train.BACKUP_DIR) for n in names), names
-    with open(run / train.CSV_LOG) as f:
+    assert {"model_config.json", "run_config.json", run_folder.BEST_WEIGHTS, run_folder.CSV_LOG,
+            run_folder.METRICS, run_folder.CONFUSION_PNG} <= names
+    assert not any(n.startswith(run_folder.BACKUP_DIR) for n in names), names
+    with open(run / run_folder.CSV_LOG) as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]
     assert sorted(p.name for p in models.iterdir()) == ["1"]
     assert not list((tmp_path / "second" / "tmp1").iterdir())
     assert not list((tmp_path / "second" / "tmp0").iterdir())
-    metrics = json.loads((run / train.METRICS).read_text())
+    metrics = json.loads((run / run_folder.METRICS).read_text())
     assert metrics["workers"] == 2 and metrics["export_path"] == str(models / "1")

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exif_keras.modeling import run_folder
 from exif_keras import explain
+from exif_keras.analysis import explainer as explainer_lib
 from exif_keras.common import labels
 from exif_keras.modeling import model as model_lib
+from exif_keras.modeling import run_folder
 
 K, P, F = 4, 32, 6
 NAMES = list(labels.task_spec("shutter", "binary").class_names)
@@ -58,7 +59,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def explainer(run_dir):
-    return explain.Explainer.load(run_dir)
+    return explainer_lib.Explainer.load(run_dir)
 
 
 def test_per_patch_features_average_to_the_models_mean_over_patches(explainer):
@@ -112,7 +113,7 @@ def test_dict_outputs_one_per_field():
     outputs = {"shutter": keras.layers.Dense(2, activation="softmax", name="shutter")(relu),
                "iso": keras.layers.Dense(5, activation="softmax", name="iso")(relu)}
     model = keras.Model(base.input, outputs)
-    explainer = explain.Explainer(model, {"shutter": NAMES}, 2, P)
+    explainer = explainer_lib.Explainer(model, {"shutter": NAMES}, 2, P)
     assert sorted(explainer.fields) == ["iso", "shutter"]
     assert explainer.class_names["iso"] == [f"class {i}" for i in range(5)]
     image = np.random.default_rng(3).integers(0, 256, (40, 80, 3), dtype=np.uint8)
@@ -120,7 +121,7 @@ def test_dict_outputs_one_per_field():
     assert e.per_patch["iso"].shape == (2, 5) and e.per_patch["shutter"].shape == (2, 2)
     np.testing.assert_allclose(e.features.mean(axis=0),
                                explainer.mean_features(e.patches), rtol=1e-4, atol=1e-5)
-    with pytest.raises(explain.ExplainError, match="predicts"):
+    with pytest.raises(explainer_lib.ExplainError, match="predicts"):
         explainer.explain(image, field="aperture")
 
 
@@ -129,9 +130,9 @@ def test_title_names_the_most_probable_classes_first():
     names = [f"c{i}" for i in range(20)]
     probabilities = np.full(20, 0.01)
     probabilities[[7, 3, 12, 5, 9]] = [0.33, 0.28, 0.10, 0.05, 0.04]
-    assert explain.top_classes(names, probabilities) == (
+    assert explainer_lib.top_classes(names, probabilities) == (
         "c7 0.33, c3 0.28, c12 0.10, c5 0.05, 16 more classes")
-    assert explain.top_classes(["fast", "slow"], [0.2, 0.8]) == "slow 0.80, fast 0.20"
+    assert explainer_lib.top_classes(["fast", "slow"], [0.2, 0.8]) == "slow 0.80, fast 0.20"
 
 
 def test_cli_writes_readable_pngs_and_skips_bad_files(run_dir, tmp_path, capsys):
@@ -143,7 +144,7 @@ def test_cli_writes_readable_pngs_and_skips_bad_files(run_dir, tmp_path, capsys)
     (photos / "c_truncated.jpg").write_bytes(good[: len(good) // 3])
     (photos / "d_notes.jpg").write_bytes(b"not a photo")
     out = tmp_path / "out"
-    written, failed = explain.run([str(photos), str(tmp_path / "missing.jpg")], run_dir, str(out))
+    written, failed = explainer_lib.run([str(photos), str(tmp_path / "missing.jpg")], run_dir, str(out))
     assert sorted(os.path.basename(p) for p in written) == ["a.png", "b.png"]
     for path in written:
         with Image.open(path) as image:
@@ -158,13 +159,13 @@ def test_cli_writes_readable_pngs_and_skips_bad_files(run_dir, tmp_path, capsys)
 
 
 def test_usage_errors(run_dir, tmp_path):
-    with pytest.raises(explain.ExplainError, match="does not exist"):
-        explain.Explainer.load(str(tmp_path / "nothing"))
+    with pytest.raises(explainer_lib.ExplainError, match="does not exist"):
+        explainer_lib.Explainer.load(str(tmp_path / "nothing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(explain.ExplainError, match="not a finished training run"):
-        explain.Explainer.load(str(tmp_path / "empty"))
-    with pytest.raises(explain.ExplainError, match="no such layer"):
-        explain.Explainer.load(run_dir, layer="conv_nowhere")
+    with pytest.raises(explainer_lib.ExplainError, match="not a finished training run"):
+        explainer_lib.Explainer.load(str(tmp_path / "empty"))
+    with pytest.raises(explainer_lib.ExplainError, match="no such layer"):
+        explainer_lib.Explainer.load(run_dir, layer="conv_nowhere")
 
 
 def test_main_exit_status(run_dir, tmp_path, capsys):

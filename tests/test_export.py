@@ -1,4 +1,4 @@
-"""Tests of the TensorFlow Serving export (exif_keras/export.py) on a tiny model.
+"""Tests of the TensorFlow Serving export (exif_keras/serving/exporter.py, signature.py and the export command) on a tiny model.
 
 A fake run folder (model_config.json, run_config.json, best.weights.h5 of a randomly initialised
 tiny "scratch" model) is written here; nothing is trained and nothing is downloaded.
@@ -21,19 +21,23 @@ import pytest
 import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
-from PIL import Image
 from google.protobuf import text_format
+from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from exif_keras.modeling import run_folder
 from exif_keras import export
-from exif_keras.records import convert
-from exif_keras.data import pipeline
 from exif_keras.common import labels
-from image_bombs import jpeg_header_bomb, png_header_bomb
+from exif_keras.common.images import JPEG_MAGIC
+from exif_keras.data import patches
 from exif_keras.modeling import model as model_lib
+from exif_keras.modeling import run_folder
+from exif_keras.records import convert
+from exif_keras.serving import exporter
+from exif_keras.serving.signature import image_sizes
+
+from image_bombs import jpeg_header_bomb, png_header_bomb
 
 K, P = 2, 32   # patches per image, patch size: tiny keeps the tests fast
 FIELD, TASK = "shutter", "binary"
@@ -55,7 +59,7 @@ def make_run(model_dir: str, seed: int = 1) -> keras.Model:
     config = tiny_config()
     run_folder.save_model_config(config, model_dir)
     task = labels.task_spec(FIELD, TASK)
-    with open(os.path.join(model_dir, export.RUN_CONFIG), "w") as f:
+    with open(os.path.join(model_dir, run_folder.RUN_CONFIG), "w") as f:
         json.dump({"train": {"field": FIELD, "task": TASK}, "task": task.to_json()}, f)
     keras.utils.set_random_seed(seed)
     model = model_lib.build_model(config)
@@ -65,7 +69,7 @@ def make_run(model_dir: str, seed: int = 1) -> keras.Model:
             n = layer.moving_mean.shape[0]
             layer.moving_mean.assign(np.linspace(-0.5, 0.5, n).astype("float32"))
             layer.moving_variance.assign(np.linspace(0.5, 2.0, n).astype("float32"))
-    model.save_weights(os.path.join(model_dir, export.BEST_WEIGHTS))
+    model.save_weights(os.path.join(model_dir, run_folder.BEST_WEIGHTS))
     return model
 
 
@@ -94,7 +98,7 @@ def real_photo(max_bytes: int = 300_000):
             path = os.path.join(root, name)
             with open(path, "rb") as f:
                 data = f.read()
-            if not data.startswith(export.JPEG_MAGIC) or len(data) > max_bytes:
+            if not data.startswith(JPEG_MAGIC) or len(data) > max_bytes:
                 continue
             try:
                 image = tf.io.decode_jpeg(data, channels=3)
@@ -107,9 +111,9 @@ def real_photo(max_bytes: int = 300_000):
 
 def keras_probabilities(model: keras.Model, encoded: bytes) -> np.ndarray:
     """What evaluation computes: decode, the k patches of the grid, the Keras model."""
-    patches = pipeline.extract_patches(pipeline.decode_image(tf.constant(encoded)), K, P,
+    crops = patches.extract_patches(patches.decode_image(tf.constant(encoded)), K, P,
                                       is_training=False)
-    return model(patches[None], training=False)[FIELD].numpy()[0]
+    return model(crops[None], training=False)[FIELD].numpy()[0]
 
 
 def tf_serving_rest_predict(signature, body: str) -> dict:
@@ -148,7 +152,7 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def keras_model(run_dir):
     model = model_lib.build_model(tiny_config())
-    model.load_weights(os.path.join(run_dir, export.BEST_WEIGHTS))
+    model.load_weights(os.path.join(run_dir, run_folder.BEST_WEIGHTS))
     return model
 
 
@@ -160,7 +164,7 @@ def models_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(run_dir, models_dir):
     """Version 1, exported once for the module (model=None: rebuilt from the run folder)."""
-    return export.export_model(run_dir, os.path.join(models_dir, "exif_shutter"))
+    return exporter.export_model(run_dir, os.path.join(models_dir, "exif_shutter"))
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +190,7 @@ def test_version_folder_layout(exported, models_dir):
                  os.path.join("assets.extra", "tf_serving_warmup_requests"),
                  os.path.join("assets.extra", "exif_keras.json")):
         assert os.path.exists(os.path.join(exported, name)), name
-    assert not [n for n in os.listdir(export_dir) if n.startswith(export.TMP_PREFIX)]
+    assert not [n for n in os.listdir(export_dir) if n.startswith(exporter.TMP_PREFIX)]
     with open(os.path.join(exported, "assets.extra", "exif_keras.json")) as f:
         meta = json.load(f)
     task = labels.task_spec(FIELD, TASK)
@@ -246,8 +250,8 @@ def test_parity_with_keras_model_on_evaluation_patches(signature, keras_model):
 
 def test_png_decodes_to_the_exact_pixels(signature, keras_model):
     array = textured(70, 100, 4)
-    patches = pipeline.extract_patches(tf.constant(array), K, P, is_training=False)
-    expected = keras_model(patches[None], training=False)[FIELD].numpy()
+    crops = patches.extract_patches(tf.constant(array), K, P, is_training=False)
+    expected = keras_model(crops[None], training=False)[FIELD].numpy()
     np.testing.assert_allclose(serve(signature, [encode(array, "PNG")])["probabilities"],
                                expected, rtol=1e-5, atol=1e-6)
 
@@ -294,7 +298,7 @@ def test_corrupt_bytes_fail_the_request_then_the_next_one_is_served(signature):
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         serve(signature, [good, b"this is not an image"])
     assert "image_bytes[1] is not a JPEG or PNG image" in info.value.message
-    assert export.first_line(info.value.message) == "image_bytes[1] is not a JPEG or PNG image"
+    assert exporter.first_line(info.value.message) == "image_bytes[1] is not a JPEG or PNG image"
     with pytest.raises(tf.errors.InvalidArgumentError):
         serve(signature, [b""])
     with pytest.raises(tf.errors.InvalidArgumentError):   # JPEG signature, truncated data
@@ -306,7 +310,7 @@ def test_corrupt_bytes_fail_the_request_then_the_next_one_is_served(signature):
 def test_header_sizes_without_decoding():
     images = [encode(textured(30, 70, 10)), encode(textured(45, 20, 11), "PNG"),
               jpeg_header_bomb(24000, 18000), png_header_bomb(30000, 20000), b"\x89PNG\r\n"]
-    np.testing.assert_array_equal(export.image_sizes(tf.constant(images)).numpy(),
+    np.testing.assert_array_equal(image_sizes(tf.constant(images)).numpy(),
                                   [[30, 70], [45, 20], [18000, 24000], [20000, 30000], [0, 0]])
 
 
@@ -318,7 +322,7 @@ def test_header_only_bomb_is_refused_then_the_next_request_is_served(signature, 
     assert len(bomb) < 1000
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         serve(signature, [good, bomb])
-    assert export.first_line(info.value.message) == (
+    assert exporter.first_line(info.value.message) == (
         "image_bytes[1] has 24000x18000 = 432000000 pixels, over the limit of 64000000 pixels "
         "(export --max_pixels)")
     np.testing.assert_array_equal(serve(signature, [good])["probabilities"],
@@ -326,7 +330,7 @@ def test_header_only_bomb_is_refused_then_the_next_request_is_served(signature, 
 
 
 def test_max_pixels_is_an_export_setting(tmp_path, run_dir, keras_model):
-    path = export.export_model(run_dir, str(tmp_path / "exif_shutter"), model=keras_model,
+    path = exporter.export_model(run_dir, str(tmp_path / "exif_shutter"), model=keras_model,
                                write_config=False, max_pixels=50 * 100)
     with open(os.path.join(path, "assets.extra", "exif_keras.json")) as f:
         assert json.load(f)["max_pixels"] == 5000
@@ -336,11 +340,11 @@ def test_max_pixels_is_an_export_setting(tmp_path, run_dir, keras_model):
                                keras_probabilities(keras_model, at_limit), rtol=1e-5, atol=1e-6)
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         serve(signature, [at_limit, at_limit, landscape])
-    assert export.first_line(info.value.message) == (
+    assert exporter.first_line(info.value.message) == (
         "image_bytes[2] has 101x50 = 5050 pixels, over the limit of 5000 pixels "
         "(export --max_pixels)")
-    with pytest.raises(export.ExportError, match="max_pixels must be a positive"):
-        export.export_model(run_dir, str(tmp_path / "exif_shutter"), model=keras_model,
+    with pytest.raises(exporter.ExportError, match="max_pixels must be a positive"):
+        exporter.export_model(run_dir, str(tmp_path / "exif_shutter"), model=keras_model,
                             write_config=False, max_pixels=0)
 
 
@@ -369,20 +373,20 @@ def _parse_models_config(text: str) -> list[dict]:
 
 def test_versions_and_models_config(run_dir, models_dir, exported):
     export_dir = os.path.join(models_dir, "exif_shutter")
-    second = export.export_model(run_dir, export_dir)
+    second = exporter.export_model(run_dir, export_dir)
     assert second == os.path.join(export_dir, "2")
-    assert export.version_numbers(export_dir) == [1, 2]
-    assert export.next_version(export_dir) == 3
-    assert export.latest_version_dir(export_dir) == second
-    with pytest.raises(export.ExportError, match="version 2 already exists"):
-        export.export_model(run_dir, export_dir, version=2)
-    assert export.version_numbers(export_dir) == [1, 2]
+    assert exporter.version_numbers(export_dir) == [1, 2]
+    assert exporter.next_version(export_dir) == 3
+    assert exporter.latest_version_dir(export_dir) == second
+    with pytest.raises(exporter.ExportError, match="version 2 already exists"):
+        exporter.export_model(run_dir, export_dir, version=2)
+    assert exporter.version_numbers(export_dir) == [1, 2]
 
     # Every model folder with a complete version is named; others are not.
     shutil.copytree(exported, os.path.join(models_dir, "exif_aperture", "7"))
     os.makedirs(os.path.join(models_dir, "half_written", "1"))
     os.makedirs(os.path.join(models_dir, "exif_shutter", ".tmp-3-deadbeef"))
-    path = export.write_models_config(models_dir)
+    path = exporter.write_models_config(models_dir)
     assert path == os.path.join(models_dir, "models.config")
     with open(path) as f:
         entries = _parse_models_config(f.read())
@@ -392,7 +396,7 @@ def test_versions_and_models_config(run_dir, models_dir, exported):
         {"name": "exif_shutter", "base_path": "/models/exif_shutter",
          "model_platform": "tensorflow"},
     ]
-    export.write_models_config(models_dir, serving_base_path="/srv/models/")
+    exporter.write_models_config(models_dir, serving_base_path="/srv/models/")
     with open(path) as f:
         assert [e["base_path"] for e in _parse_models_config(f.read())] == [
             "/srv/models/exif_aperture", "/srv/models/exif_shutter"]
@@ -401,14 +405,14 @@ def test_versions_and_models_config(run_dir, models_dir, exported):
 def test_models_config_schema(tmp_path, exported):
     """models.config parsed by protobuf's text format into TensorFlow Serving's own schema."""
     shutil.copytree(exported, str(tmp_path / "exif_iso" / "1"))
-    with open(export.write_models_config(str(tmp_path))) as f:
+    with open(exporter.write_models_config(str(tmp_path))) as f:
         text = f.read()
     assert text.startswith("# Written by exif_keras.export")
     config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     (entry,) = config.model_config_list.config
     assert (entry.name, entry.base_path, entry.model_platform) == (
         "exif_iso", "/models/exif_iso", "tensorflow")
-    assert text_format.Parse(export.models_config_text([]),
+    assert text_format.Parse(exporter.models_config_text([]),
                              model_server_config_pb2.ModelServerConfig()).model_config_list \
         .config == []
 
@@ -431,28 +435,28 @@ def test_warmup_requests(exported, signature):
         assert tensor.dtype == tf.string.as_datatype_enum
         images = list(tf.make_ndarray(tensor))
         sizes.append(len(images))
-        assert all(image.startswith(export.JPEG_MAGIC) for image in images)
+        assert all(image.startswith(JPEG_MAGIC) for image in images)
         assert serve(signature, images)["probabilities"].shape == (len(images), 2)
     assert sizes == [1, 1, 1, 3]
-    assert [log.SerializeToString() for log in export.read_warmup(path)] == records
+    assert [log.SerializeToString() for log in exporter.read_warmup(path)] == records
 
 
 def test_export_of_a_given_model_and_warmup_images(tmp_path, run_dir, keras_model):
     photo = encode(textured(64, 64, 8))
     photo_path = tmp_path / "warm.jpg"
     photo_path.write_bytes(photo)
-    path = export.export_model(run_dir, str(tmp_path / "m" / "exif_shutter"), version=5,
+    path = exporter.export_model(run_dir, str(tmp_path / "m" / "exif_shutter"), version=5,
                                model=keras_model, warmup_images=[photo, str(photo_path)],
                                write_config=False)
     assert path.endswith(os.path.join("exif_shutter", "5"))
     assert not (tmp_path / "m" / "models.config").exists()
-    records = export.read_warmup(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
+    records = exporter.read_warmup(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
     assert [list(tf.make_ndarray(r.predict_log.request.inputs["image_bytes"]))
             for r in records] == [[photo], [photo], [photo, photo]]
-    with pytest.raises(export.ExportError, match="warmup image"):
-        export.export_model(run_dir, str(tmp_path / "m" / "exif_shutter"), model=keras_model,
+    with pytest.raises(exporter.ExportError, match="warmup image"):
+        exporter.export_model(run_dir, str(tmp_path / "m" / "exif_shutter"), model=keras_model,
                             warmup_images=[b"nope"], write_config=False)
-    assert export.version_numbers(str(tmp_path / "m" / "exif_shutter")) == [5]
+    assert exporter.version_numbers(str(tmp_path / "m" / "exif_shutter")) == [5]
 
 
 def _run_main(argv):
@@ -497,8 +501,7 @@ def test_cli_errors_without_traceback(tmp_path, run_dir, exported, models_dir, c
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """A few sample images converted to records, as in tests/test_train.py."""
-    from exif_keras.records import writer
-    from exif_keras.records import sample
+    from exif_keras.records import sample, writer
 
     root = tmp_path_factory.mktemp("train_data")
     sample.generate_sample(str(root / "sample"), count=32, seed=3, workers=1, progress=False)
@@ -514,7 +517,7 @@ def float32_afterwards():
 
 
 def train_config(records, tmp_path, **overrides):
-    from exif_keras import train
+    from exif_keras.training import config as config_lib
 
     base = dict(field=FIELD, task=TASK, data_dir=str(records), model_dir=str(tmp_path / "run"),
                 epochs=1, batch_size=8, num_patches=K, patch_size=P, backbone="scratch",
@@ -522,13 +525,13 @@ def train_config(records, tmp_path, **overrides):
                 eval_train=False, seed=1, export=True,
                 export_dir=str(tmp_path / "models" / "exif_shutter"))
     base.update(overrides)
-    return train.TrainConfig(**base)
+    return config_lib.TrainConfig.from_flat(**base)
 
 
 def model_of_run(model_dir: str) -> keras.Model:
     """The run's model as evaluation sees it: its config, its best weights, this dtype policy."""
     model = model_lib.build_model(run_folder.load_model_config(model_dir))
-    model.load_weights(os.path.join(model_dir, export.BEST_WEIGHTS))
+    model.load_weights(os.path.join(model_dir, run_folder.BEST_WEIGHTS))
     return model
 
 
@@ -536,13 +539,19 @@ TEST_PHOTOS = [encode(textured(90, 130, 20)), encode(textured(130, 90, 21), "PNG
                encode(textured(20, 12, 22))]
 
 
-def test_training_exports_its_best_model_at_the_end(records, tmp_path, float32_afterwards):
+def train_with_export(config) -> dict:
+    """Training as `python -m exif_keras.train` runs it: the command's export at the end."""
     from exif_keras import train
+    from exif_keras.training import trainer
 
-    metrics = train.train(train_config(records, tmp_path))
+    return trainer.train(config, export_fn=train.export_run)
+
+
+def test_training_exports_its_best_model_at_the_end(records, tmp_path, float32_afterwards):
+    metrics = train_with_export(train_config(records, tmp_path))
     path = metrics["export_path"]
     assert path == str(tmp_path / "models" / "exif_shutter" / "1")
-    with open(tmp_path / "run" / train.METRICS) as f:
+    with open(tmp_path / "run" / run_folder.METRICS) as f:
         assert json.load(f)["export_path"] == path
     with open(os.path.join(path, "assets.extra", "exif_keras.json")) as f:
         meta = json.load(f)
@@ -558,9 +567,7 @@ def test_training_exports_its_best_model_at_the_end(records, tmp_path, float32_a
 
 
 def test_export_of_a_mixed_precision_run_serves_float32(records, tmp_path, float32_afterwards):
-    from exif_keras import train
-
-    metrics = train.train(train_config(records, tmp_path, mixed_precision="on"))
+    metrics = train_with_export(train_config(records, tmp_path, mixed_precision="on"))
     assert metrics["mixed_precision"] is True
     signature = tf.saved_model.load(metrics["export_path"]).signatures["serving_default"]
     assert signature.structured_outputs["probabilities"].dtype == tf.float32
@@ -593,9 +600,9 @@ def test_export_of_a_vgg16_backbone(tmp_path):
     make_run(run_dir)   # run_config.json and the like, then the vgg16 model over them
     elsewhere = str(tmp_path / "elsewhere" / "vgg16_notop.h5")
     run_folder.save_model_config(dataclasses.replace(config, backbone_weights=elsewhere), run_dir)
-    model.save_weights(os.path.join(run_dir, export.BEST_WEIGHTS))
+    model.save_weights(os.path.join(run_dir, run_folder.BEST_WEIGHTS))
 
-    path = export.export_model(run_dir, str(tmp_path / "models" / "exif_shutter"))
+    path = exporter.export_model(run_dir, str(tmp_path / "models" / "exif_shutter"))
     with open(os.path.join(path, "assets.extra", "exif_keras.json")) as f:
         meta = json.load(f)
     assert (meta["model_config"]["backbone"], meta["model_config"]["trunk_layer"]) == (

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exif_keras.training import evaluation
 from exif_keras.common import figures
 
 NAMES = ["fast: 1/250 s or shorter", "slow: 1/30 s or longer"]
@@ -27,11 +26,11 @@ def test_confusion_matrix_image_for_tensorboard_and_png(tmp_path):
     # shaded by the share of the row: a perfect matrix is drawn differently from a mixed one
     other = figures.confusion_matrix_figure(np.array([[60, 0], [0, 40]]), NAMES, "test split")
     assert other.shape == image.shape and np.abs(other.astype(int) - image).sum() > 0
-    # the training code's entry point draws the same picture
+    # the same matrix draws the same picture (the trainer calls figures directly)
     np.testing.assert_array_equal(
-        evaluation.render_confusion_matrix(np.array([[50, 10], [5, 35]]), NAMES, "test split"),
+        figures.confusion_matrix_figure(np.array([[50, 10], [5, 35]]), NAMES, "test split"),
         image)
-    evaluation.save_png(image, str(tmp_path / "cm.png"))
+    figures.save_png(image, str(tmp_path / "cm.png"))
     np.testing.assert_array_equal(np.asarray(_readable_png(tmp_path / "cm.png")), image)
 
 

@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image, TiffImagePlugin
 
-from exif_keras.modeling import run_folder
-from exif_keras import export, predict
-from exif_keras.common import labels
-from exif_keras.common import stops
+from exif_keras.common import labels, stops
 from exif_keras.modeling import model as model_lib
+from exif_keras.modeling import run_folder
+from exif_keras.serving import exporter, predictor
+from exif_keras.serving.signature import SIGNATURE_NAME
 
 K, P = 2, 32
 FIELDS = labels.FIELDS
@@ -35,14 +35,14 @@ def make_joint_run(model_dir: str) -> keras.Model:
         heads=tuple(model_lib.HeadConfig(h.name, h.num_classes) for h in heads), num_patches=K,
         patch_size=P, backbone="scratch", backbone_weights=None, filters=4, dense_units=8)
     run_folder.save_model_config(config, model_dir)
-    with open(os.path.join(model_dir, export.RUN_CONFIG), "w") as f:
+    with open(os.path.join(model_dir, run_folder.RUN_CONFIG), "w") as f:
         json.dump({"train": {"field": "all", "task": "fine"}, "task": heads[0].to_json(),
                    "heads": [h.to_json() for h in heads],
                    "train_class_counts": {"shutter": SHUTTER_COUNTS,
                                           "aperture": APERTURE_COUNTS}}, f)
     keras.utils.set_random_seed(4)
     model = model_lib.build_model(config)
-    model.save_weights(os.path.join(model_dir, export.BEST_WEIGHTS))
+    model.save_weights(os.path.join(model_dir, run_folder.BEST_WEIGHTS))
     return model
 
 
@@ -66,14 +66,14 @@ def joint(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("run"))
     model = make_joint_run(run_dir)
     export_dir = os.path.join(str(tmp_path_factory.mktemp("models")), "exif_all")
-    path = export.export_model(run_dir, export_dir)
+    path = exporter.export_model(run_dir, export_dir)
     return model, export_dir, path
 
 
 def test_joint_signature_outputs_one_row_per_photo(joint):
     model, export_dir, path = joint
     assert export_dir.endswith("exif_all") and path.endswith("exif_all/1")
-    signature = tf.saved_model.load(path).signatures[export.SIGNATURE_NAME]
+    signature = tf.saved_model.load(path).signatures[SIGNATURE_NAME]
     images = [photo(i) for i in range(3)]
     out = signature(image_bytes=tf.constant(images))
     expected = {f"{f}_{o}" for f in FIELDS for o in ("probabilities", "class_ids", "class_names")}
@@ -105,7 +105,7 @@ def test_predict_prints_estimates_and_stop_errors(joint, tmp_path, capsys):
     (tmp_path / "b.jpg").write_bytes(photo(2, exposure=(2, 1)))
     (tmp_path / "c.jpg").write_bytes(photo(3))
     (tmp_path / "d.jpg").write_bytes(b"\xff\xd8\xff broken")
-    status = predict.run([str(tmp_path)], export_dir, as_json=True)
+    status = predictor.run([str(tmp_path)], export_dir, as_json=True)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert status == 1  # d.jpg failed, the others were predicted
     rows = {os.path.basename(r["path"]): r for r in lines[:-1]}
@@ -135,7 +135,7 @@ def test_predict_prints_estimates_and_stop_errors(joint, tmp_path, capsys):
         abs(stops.value_to_stops(5.6, "aperture") - stops.class_values("aperture")[0]))
     assert summary["fields"]["iso"]["majority_mae_stops"] is None  # no counts recorded
     # text mode: settings as cameras write them, the EXIF value and the error in stops
-    predict.run([str(tmp_path / "a.jpg")], export_dir)
+    predictor.run([str(tmp_path / "a.jpg")], export_dir)
     text = capsys.readouterr().out
     assert " s  f/" in text and "  ISO " in text and "EXIF 1/125 s: shutter " in text
     assert "MAE stops" in text and "majority MAE" in text

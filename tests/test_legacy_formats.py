@@ -11,7 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from exif_keras import export, predict
+from exif_keras.serving import exporter
+from exif_keras.serving.predictor import Predictor
 
 LEGACY = pathlib.Path(__file__).parent / "data" / "legacy_v0_1"
 NAMES = ("binary_shutter", "joint_fine")
@@ -33,7 +34,7 @@ def _check(outputs: dict, expected: dict) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_an_old_export_loads_in_predict_and_answers_as_before(name):
-    predictor = predict.Predictor.load(str(LEGACY / f"models_{name}"))
+    predictor = Predictor.load(str(LEGACY / f"models_{name}"))
     assert predictor.heads, "exif_keras.json of the old export read"
     _check(predictor([(LEGACY / "photo.jpg").read_bytes()]), _expected(name))
 
@@ -42,6 +43,6 @@ def test_an_old_export_loads_in_predict_and_answers_as_before(name):
 def test_an_old_run_folder_exports_to_the_same_answers(name, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(LEGACY / "runs" / name, run)
-    path = export.export_model(str(run), str(tmp_path / "models" / name), write_config=False)
-    predictor = predict.Predictor.load(path)
+    path = exporter.export_model(str(run), str(tmp_path / "models" / name), write_config=False)
+    predictor = Predictor.load(path)
     _check(predictor([(LEGACY / "photo.jpg").read_bytes()]), _expected(name))

@@ -1,4 +1,5 @@
-"""Tests of exif_keras.modeling.model: the paper's architecture (section 4.1), frozen trunk, weights, modes.
+"""Tests of exif_keras.modeling (model, layers, losses, backbones): the paper's architecture
+(section 4.1), frozen trunk, weights, modes.
 
 Never touches the network: VGG16 weights come from files saved here from a random VGG16, and the
 ImageNet download is made to fail. Tiny shapes (P=32, k=2, F=4) except where the paper's
@@ -16,11 +17,10 @@ import keras
 import numpy as np
 import pytest
 
-from exif_keras.modeling import run_folder
-from exif_keras.modeling import model as exif_model
-from exif_keras.common import stops
+from exif_keras.modeling import backbones, layers, losses, run_folder
+from exif_keras.modeling import model as model_lib
+from exif_keras.modeling.backbones import BackboneWeightsError
 from exif_keras.modeling.model import (
-    BackboneWeightsError,
     ModelConfig,
     build_model,
     compile_model,
@@ -174,12 +174,12 @@ def test_only_head_weights_are_trainable():
     ]
 
 
-@pytest.mark.parametrize("patch_mode", exif_model.PATCH_MODES)
+@pytest.mark.parametrize("patch_mode", model_lib.PATCH_MODES)
 def test_training_step_leaves_trunk_bit_identical(patch_mode):
     model = build_model(tiny(patch_mode=patch_mode))
     compile_model(model, learning_rate=1e-2)
     trunk_before = weights_by_path(trunk_of(model))
-    head_before = weights_by_path(exif_model.head_of(model))
+    head_before = weights_by_path(model_lib.head_of(model))
     logits_before = model.get_layer("probabilities_logits").kernel.numpy()
     x, y = patches(batch=4), np.array([0, 1, 2, 1])
     for _ in range(2):
@@ -187,7 +187,7 @@ def test_training_step_leaves_trunk_bit_identical(patch_mode):
     assert np.isfinite(logs["loss"])
     for path, value in weights_by_path(trunk_of(model)).items():
         assert np.array_equal(value, trunk_before[path]), path
-    head_after = weights_by_path(exif_model.head_of(model))
+    head_after = weights_by_path(model_lib.head_of(model))
     for path in ("head_conv1/kernel", "head_conv4/kernel", "head_dense/kernel"):
         assert not np.array_equal(head_after[path], head_before[path]), path
     assert not np.array_equal(model.get_layer("probabilities_logits").kernel.numpy(), logits_before)
@@ -265,7 +265,7 @@ def test_dataset_normalization_uses_mean_and_std():
 def test_mixed_float16_outputs_float32(mixed_float16):
     model = build_model(tiny())
     assert model.output["probabilities"].dtype == "float32"
-    assert exif_model.head_of(model).get_layer("head_conv1").compute_dtype == "float16"
+    assert model_lib.head_of(model).get_layer("head_conv1").compute_dtype == "float16"
     assert trunk_of(model).get_layer("block1_conv1").compute_dtype == "float16"
     assert model.get_layer("normalize").compute_dtype == "float32"
     probs = model(patches())["probabilities"]
@@ -281,7 +281,7 @@ def test_mixed_float16_outputs_float32(mixed_float16):
 
 
 @pytest.mark.parametrize(
-    "filename", ["vgg16.weights.h5", exif_model.VGG16_NOTOP_FILENAME], ids=["keras3", "legacy"]
+    "filename", ["vgg16.weights.h5", backbones.VGG16_NOTOP_FILENAME], ids=["keras3", "legacy"]
 )
 def test_loads_vgg_weights_from_path(tmp_path, random_vgg16, filename, no_network):
     path = save_vgg_weights(random_vgg16, tmp_path / filename)
@@ -294,7 +294,7 @@ def test_loads_vgg_weights_from_path(tmp_path, random_vgg16, filename, no_networ
 
 
 def test_missing_weights_path_is_a_clear_error(tmp_path):
-    missing = str(tmp_path / "nowhere" / exif_model.VGG16_NOTOP_FILENAME)
+    missing = str(tmp_path / "nowhere" / backbones.VGG16_NOTOP_FILENAME)
     with pytest.raises(BackboneWeightsError, match="not found") as info:
         build_model(tiny(backbone_weights=missing))
     assert missing in str(info.value)
@@ -310,7 +310,7 @@ def test_unreadable_weights_file_is_a_clear_error(tmp_path):
 
 def _fail_get_file(*args, **kwargs):
     raise Exception(
-        f"URL fetch failure on {exif_model.VGG16_NOTOP_URL}: None -- "
+        f"URL fetch failure on {backbones.VGG16_NOTOP_URL}: None -- "
         "[Errno -2] Name or service not known"
     )
 
@@ -329,11 +329,11 @@ def test_imagenet_offline_error(tmp_path, monkeypatch, no_network, how):
 
         monkeypatch.setattr(file_utils, "urlretrieve", _fail_urlretrieve)
     timeout = socket.getdefaulttimeout()
-    assert exif_model.cached_imagenet_weights() is None
+    assert backbones.cached_imagenet_weights() is None
     with pytest.raises(BackboneWeightsError) as info:
         build_model(tiny(backbone_weights="imagenet"))
     message = str(info.value)
-    assert f"--backbone_weights=/path/to/{exif_model.VGG16_NOTOP_FILENAME}" in message
+    assert f"--backbone_weights=/path/to/{backbones.VGG16_NOTOP_FILENAME}" in message
     assert "--backbone=scratch" in message
     assert socket.getdefaulttimeout() == timeout
 
@@ -341,7 +341,7 @@ def test_imagenet_offline_error(tmp_path, monkeypatch, no_network, how):
 def test_imagenet_weights_come_from_keras_cache(tmp_path, monkeypatch, random_vgg16, no_network):
     home = tmp_path / "keras_home"
     (home / "models").mkdir(parents=True)
-    save_vgg_weights(random_vgg16, home / "models" / exif_model.VGG16_NOTOP_FILENAME)
+    save_vgg_weights(random_vgg16, home / "models" / backbones.VGG16_NOTOP_FILENAME)
     monkeypatch.setenv("KERAS_HOME", str(home))
     monkeypatch.setattr(keras.utils, "get_file", _fail_get_file)
     model = build_model(tiny(backbone_weights="imagenet"))
@@ -355,14 +355,13 @@ def test_imagenet_weights_come_from_keras_cache(tmp_path, monkeypatch, random_vg
 
 def test_config_json_round_trip(tmp_path):
     config = tiny(backbone="scratch", mean=[1, 2, 3], std=(4, 5, 6), dropout=0.25)
-    again = exif_model.config_from_json(exif_model.config_to_json(config))
+    again = model_lib.config_from_json(model_lib.config_to_json(config))
     assert again == config and isinstance(again.mean, tuple)
-    assert ModelConfig.from_json(config.to_json()) == config
     run_folder.save_model_config(config, str(tmp_path / "model_dir"))
     assert run_folder.load_model_config(str(tmp_path / "model_dir")) == config
     assert ModelConfig(num_classes=2, backbone_weights="None").backbone_weights is None
     with pytest.raises(ValueError, match="unknown ModelConfig keys"):
-        exif_model.config_from_json('{"num_classes": 2, "bogus": 1}')
+        model_lib.config_from_json('{"num_classes": 2, "bogus": 1}')
     for bad in (dict(backbone="resnet"), dict(patch_mode="loop"), dict(normalization="x"),
                 dict(std=(1, 0, 1)), dict(num_classes=1), dict(patch_size=16)):
         with pytest.raises(ValueError):
@@ -370,7 +369,7 @@ def test_config_json_round_trip(tmp_path):
 
 
 def test_label_smoothing_loss_matches_one_hot_crossentropy():
-    loss = stops.MaskedOrdinalCrossentropy(sigma=0.0, label_smoothing=0.1)
+    loss = losses.MaskedOrdinalCrossentropy(sigma=0.0, label_smoothing=0.1)
     y_pred = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
     y_true = np.array([0, 1])
     expected = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(
@@ -437,7 +436,7 @@ def test_fused_batch_normalization_matches_keras():
 
     x = np.random.default_rng(0).normal(2.0, 3.0, (16, 8, 8, 5)).astype("float32")
     reference = keras.layers.BatchNormalization(momentum=0.5)
-    fused = exif_model.FusedBatchNormalization(momentum=0.5)
+    fused = layers.FusedBatchNormalization(momentum=0.5)
     reference.build(x.shape)
     fused.build(x.shape)
     for _ in range(2):
@@ -461,10 +460,10 @@ def test_fused_batch_normalization_matches_keras():
 def test_several_heads_mask_missing_labels():
     """A joint model: one output per head; an image without a label for a head (-1, or NaN for
     a regression head) adds nothing to that head's loss nor to its gradient."""
-    heads = (exif_model.HeadConfig("shutter", 3), exif_model.HeadConfig("iso", 2),
-             exif_model.HeadConfig("aperture", kind="regression", mean=5.0, std=2.0))
+    heads = (model_lib.HeadConfig("shutter", 3), model_lib.HeadConfig("iso", 2),
+             model_lib.HeadConfig("aperture", kind="regression", mean=5.0, std=2.0))
     model = build_model(tiny(num_classes=None, heads=heads, l2=0.0))
-    assert exif_model.output_names(model) == ("shutter", "iso", "aperture")
+    assert model_lib.output_names(model) == ("shutter", "iso", "aperture")
     x = patches(batch=4)
     out = model(x)
     assert out["shutter"].shape == (4, 3) and out["iso"].shape == (4, 2)
@@ -478,23 +477,23 @@ def test_several_heads_mask_missing_labels():
     np.testing.assert_array_equal(model.get_layer("iso_logits").kernel.numpy(), iso_before)
     with pytest.raises(ValueError, match="unknown heads"):
         compile_model(model, loss_weights={"focus": 1.0})
-    again = exif_model.config_from_json(exif_model.config_to_json(tiny(num_classes=None,
+    again = model_lib.config_from_json(model_lib.config_to_json(tiny(num_classes=None,
                                                                         heads=heads)))
     assert again.heads == heads
 
 
 def test_learning_rate_schedules():
-    assert exif_model.learning_rate_schedule("constant", 3e-3, total_steps=100) == 3e-3
-    cosine = exif_model.learning_rate_schedule("cosine", 1e-3, total_steps=100)
+    assert model_lib.learning_rate_schedule("constant", 3e-3, total_steps=100) == 3e-3
+    cosine = model_lib.learning_rate_schedule("cosine", 1e-3, total_steps=100)
     assert float(cosine(0)) == pytest.approx(1e-3)
     assert float(cosine(50)) == pytest.approx(5e-4, rel=1e-4)  # half way down the cosine
     assert float(cosine(100)) == pytest.approx(0.0, abs=1e-9)
     inputs = keras.Input((2,))
     model = keras.Model(inputs, {"shutter": keras.layers.Dense(2, activation="softmax",
                                                                name="shutter")(inputs)})
-    exif_model.compile_model(model, learning_rate=cosine)
+    model_lib.compile_model(model, learning_rate=cosine)
     assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="at least one step"):
-        exif_model.learning_rate_schedule("cosine", 1e-3, total_steps=0)
+        model_lib.learning_rate_schedule("cosine", 1e-3, total_steps=0)
     with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'"):
-        exif_model.learning_rate_schedule("step", 1e-3, total_steps=10)
+        model_lib.learning_rate_schedule("step", 1e-3, total_steps=10)

@@ -1,4 +1,4 @@
-"""Tests of the predict CLI (exif_keras/predict.py) on a tiny exported model."""
+"""Tests of predict (exif_keras/predict.py, serving/predictor.py) on a tiny exported model."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from absl import flags
 from absl.testing import flagsaver
 from PIL import Image, TiffImagePlugin
 
-from exif_keras.modeling import run_folder
-from exif_keras import export, predict
+from exif_keras import predict
 from exif_keras.common import labels
 from exif_keras.modeling import model as model_lib
+from exif_keras.modeling import run_folder
+from exif_keras.serving import exporter, predictor
+
 from image_bombs import jpeg_header_bomb, png_header_bomb
 
 K, P = 2, 32
@@ -32,11 +34,11 @@ def make_run(model_dir: str) -> None:
     config = model_lib.ModelConfig(heads=(model_lib.HeadConfig(FIELD, 2),), num_patches=K, patch_size=P, backbone="scratch",
                                    backbone_weights=None, filters=4, dense_units=8)
     run_folder.save_model_config(config, model_dir)
-    with open(os.path.join(model_dir, export.RUN_CONFIG), "w") as f:
+    with open(os.path.join(model_dir, run_folder.RUN_CONFIG), "w") as f:
         json.dump({"train": {"field": FIELD, "task": TASK},
                    "task": labels.task_spec(FIELD, TASK).to_json()}, f)
     keras.utils.set_random_seed(2)
-    model_lib.build_model(config).save_weights(os.path.join(model_dir, export.BEST_WEIGHTS))
+    model_lib.build_model(config).save_weights(os.path.join(model_dir, run_folder.BEST_WEIGHTS))
 
 
 def photo(height: int, width: int, seed: int, exposure=None, fmt: str = "JPEG") -> bytes:
@@ -61,7 +63,7 @@ def model_path(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("run"))
     make_run(run_dir)
     export_dir = os.path.join(str(tmp_path_factory.mktemp("models")), "exif_shutter")
-    export.export_model(run_dir, export_dir)
+    exporter.export_model(run_dir, export_dir)
     return export_dir
 
 
@@ -165,7 +167,7 @@ def test_matches_the_signature(model_path, photos):
     """predict's numbers are the SavedModel's, i.e. TensorFlow Serving's, for the same bytes."""
     root, good, _ = photos
     out = io.StringIO()
-    assert predict.run(good, model_path, as_json=True, out=out, err=io.StringIO()) == 0
+    assert predictor.run(good, model_path, as_json=True, out=out, err=io.StringIO()) == 0
     rows = [json.loads(line) for line in out.getvalue().splitlines()[:-1]]
     signature = tf.saved_model.load(os.path.join(model_path, "1")).signatures["serving_default"]
     images = [open(p, "rb").read() for p in good]
@@ -200,8 +202,8 @@ def test_decompression_bombs_are_skipped_with_the_reason(model_path, tmp_path, c
     rows = [json.loads(line) for line in out.splitlines()]
     assert [os.path.basename(r["path"]) for r in rows[:-1]] == ["a.jpg", "d.png"]
     assert (rows[-1]["summary"]["photos"], rows[-1]["summary"]["failed"]) == (2, 2)
-    assert (f"b_bomb.jpg: skipped: 24000x18000 = 432000000 pixels, over the limit of 64000000 "
-            f"pixels (export --max_pixels)") in err
+    assert ("b_bomb.jpg: skipped: 24000x18000 = 432000000 pixels, over the limit of 64000000 "
+            "pixels (export --max_pixels)") in err
     assert "c_bomb.png: skipped: 20000x30000 = 600000000 pixels, over the limit" in err
 
 
@@ -211,12 +213,12 @@ def test_the_pixel_limit_is_the_exports(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     os.makedirs(run_dir)
     make_run(run_dir)
-    model = export.export_model(run_dir, str(tmp_path / "exif_shutter"), write_config=False,
+    model = exporter.export_model(run_dir, str(tmp_path / "exif_shutter"), write_config=False,
                                 max_pixels=60 * 90)
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "a_at_limit.jpg").write_bytes(photo(60, 90, 8))
     (tmp_path / "p" / "b_over.png").write_bytes(photo(61, 90, 9, fmt="PNG"))
-    assert predict.Predictor.load(model).max_pixels == 5400
+    assert predictor.Predictor.load(model).max_pixels == 5400
     assert run_main(["predict", f"--model={model}", str(tmp_path / "p")]) == 1
     out, err = capsys.readouterr()
     assert "a_at_limit.jpg  " in out and "b_over.png" not in out
@@ -228,12 +230,12 @@ def test_real_exif_corpus(model_path, capsys):
     if not os.path.isdir(REAL_EXIF):
         pytest.skip(f"corpus of real photos not found at {REAL_EXIF} "
                     "(<repo>/../shared/corpora/real-exif)")
-    files, _ = predict.find_images([REAL_EXIF])
+    files, _ = predictor.find_images([REAL_EXIF])
     decodable = set()
     for path in files:
         with open(path, "rb") as f:
             data = f.read()
-        if predict.image_problem(data):
+        if predictor.image_problem(data):
             continue
         try:
             tf.io.decode_image(data, channels=3, expand_animations=False)
@@ -243,7 +245,7 @@ def test_real_exif_corpus(model_path, capsys):
     assert decodable
 
     out, err = io.StringIO(), io.StringIO()
-    status = predict.run([REAL_EXIF], model_path, batch_size=32, as_json=True, out=out, err=err)
+    status = predictor.run([REAL_EXIF], model_path, batch_size=32, as_json=True, out=out, err=err)
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     predicted = {r["path"] for r in records[:-1]}
     assert predicted == decodable

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exif_keras.common import labels
-from exif_keras.common import stops
+from exif_keras.common import labels, stops
+from exif_keras.modeling import losses
 
 NUM = {f: labels.field_spec(f).num_classes for f in labels.FIELDS}
 
@@ -57,17 +57,20 @@ def test_value_to_stops_and_back():
 
 
 def test_regression_targets_numpy_and_graph():
+    """The regression targets from raw EXIF settings, as the input pipeline computes them (per
+    field, value_to_stops of its setting; tf_value_to_stops in the graph)."""
     settings = {"exposure_time": np.array([1 / 250, -1.0], np.float32),
                 "f_number": np.array([2.8, 16.0], np.float32),
                 "iso": np.array([-1.0, 250.0], np.float32)}
-    want = stops.regression_targets(settings)
+    want = {f: stops.value_to_stops(settings[s], f) for f, s in stops.SETTINGS.items()}
     np.testing.assert_allclose(want["shutter"], [math.log2(1 / 250), np.nan], rtol=1e-6)
     np.testing.assert_allclose(want["aperture"], [2 * math.log2(2.8), 8.0], rtol=1e-6)
     np.testing.assert_allclose(want["iso"], [np.nan, math.log2(2.5)], rtol=1e-6)
-    got = stops.tf_regression_targets({k: tf.constant(v) for k, v in settings.items()})
+    got = {f: stops.tf_value_to_stops(tf.constant(settings[s]), f)
+           for f, s in stops.SETTINGS.items()}
     for field in labels.FIELDS:
         np.testing.assert_allclose(got[field].numpy(), want[field], rtol=1e-5)
-    assert all(math.isnan(v) for v in stops.regression_targets({}).values())
+    assert all(math.isnan(stops.value_to_stops(None, f)) for f in labels.FIELDS)
 
 
 # ---------------------------------------------------------------------------- ordinal target
@@ -78,7 +81,7 @@ def _phi(x):
 
 def test_ordinal_targets_sum_to_one_and_peak_at_the_true_class():
     ids = tf.constant([0, 3, 9, 19])
-    target = stops.ordinal_targets(ids, 20, sigma=1.5).numpy()
+    target = losses.ordinal_targets(ids, 20, sigma=1.5).numpy()
     np.testing.assert_allclose(target.sum(axis=-1), 1.0, rtol=1e-6)
     assert target.argmax(axis=-1).tolist() == [0, 3, 9, 19]
     # Decreasing with the distance to the true class on both sides, symmetric inside the range.
@@ -94,28 +97,28 @@ def test_ordinal_targets_sum_to_one_and_peak_at_the_true_class():
 
 def test_ordinal_targets_sigma_zero_is_one_hot_and_smoothing_is_keras():
     ids = tf.constant([[2], [0]])  # [B, 1] as Keras hands labels over
-    np.testing.assert_array_equal(stops.ordinal_targets(ids, 4, 0.0).numpy(),
+    np.testing.assert_array_equal(losses.ordinal_targets(ids, 4, 0.0).numpy(),
                                   [[0, 0, 1, 0], [1, 0, 0, 0]])
-    smoothed = stops.ordinal_targets(ids, 4, 0.0, label_smoothing=0.2).numpy()
+    smoothed = losses.ordinal_targets(ids, 4, 0.0, label_smoothing=0.2).numpy()
     np.testing.assert_allclose(smoothed[0], [0.05, 0.05, 0.85, 0.05], rtol=1e-6)
-    both = stops.ordinal_targets(ids, 4, 1.0, label_smoothing=0.2).numpy()
-    plain = stops.ordinal_targets(ids, 4, 1.0).numpy()
+    both = losses.ordinal_targets(ids, 4, 1.0, label_smoothing=0.2).numpy()
+    plain = losses.ordinal_targets(ids, 4, 1.0).numpy()
     np.testing.assert_allclose(both, plain * 0.8 + 0.05, rtol=1e-6)
     np.testing.assert_allclose(both.sum(axis=-1), 1.0, rtol=1e-6)
 
 
 def test_ordinal_targets_masked_rows_are_zero():
-    target = stops.ordinal_targets(tf.constant([-1, 1, -1]), 5, 1.0, label_smoothing=0.1).numpy()
+    target = losses.ordinal_targets(tf.constant([-1, 1, -1]), 5, 1.0, label_smoothing=0.1).numpy()
     assert np.all(target[[0, 2]] == 0) and target[1].sum() == pytest.approx(1.0)
 
 
 def test_ordinal_targets_reject_bad_hyperparameters():
     with pytest.raises(ValueError, match="sigma"):
-        stops.ordinal_targets(tf.constant([0]), 3, -1.0)
+        losses.ordinal_targets(tf.constant([0]), 3, -1.0)
     with pytest.raises(ValueError, match="label_smoothing"):
-        stops.ordinal_targets(tf.constant([0]), 3, 0.0, label_smoothing=1.0)
+        losses.ordinal_targets(tf.constant([0]), 3, 0.0, label_smoothing=1.0)
     with pytest.raises(ValueError, match="sigma"):
-        stops.MaskedOrdinalCrossentropy(sigma=math.nan)
+        losses.MaskedOrdinalCrossentropy(sigma=math.nan)
 
 
 # ------------------------------------------------------------------------------ masked loss
@@ -127,7 +130,7 @@ def _probs(rows):
 def test_loss_sigma_zero_is_keras_sparse_crossentropy_with_ignore_class():
     y = tf.constant([2, -1, 0, 1])
     p = _probs([[0.1, 0.2, 0.7], [0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.3, 0.3, 0.4]])
-    ours = stops.MaskedOrdinalCrossentropy()(y, p)
+    ours = losses.MaskedOrdinalCrossentropy()(y, p)
     keras_loss = keras.losses.SparseCategoricalCrossentropy(ignore_class=-1)(y, p)
     want = -(math.log(0.7) + math.log(0.5) + math.log(0.3)) / 3  # mean over the 3 labelled
     assert float(ours) == pytest.approx(want, rel=1e-5)
@@ -136,7 +139,7 @@ def test_loss_sigma_zero_is_keras_sparse_crossentropy_with_ignore_class():
 
 @pytest.mark.parametrize("sigma,smoothing", [(0.0, 0.0), (1.0, 0.1)])
 def test_a_masked_photo_adds_nothing_to_the_loss_or_its_gradient(sigma, smoothing):
-    loss = stops.MaskedOrdinalCrossentropy(sigma=sigma, label_smoothing=smoothing)
+    loss = losses.MaskedOrdinalCrossentropy(sigma=sigma, label_smoothing=smoothing)
     labelled = _probs([[0.1, 0.2, 0.6, 0.1], [0.25, 0.25, 0.25, 0.25]])
     y = tf.constant([2, 0])
     with_masked = tf.Variable(tf.concat([labelled, _probs([[0.97, 0.01, 0.01, 0.01]])], 0))
@@ -151,7 +154,7 @@ def test_a_masked_photo_adds_nothing_to_the_loss_or_its_gradient(sigma, smoothin
 def test_an_all_masked_batch_gives_zero_not_nan():
     p = tf.Variable(_probs([[0.5, 0.5], [0.9, 0.1]]))
     with tf.GradientTape() as tape:
-        value = stops.MaskedOrdinalCrossentropy(sigma=1.0)(tf.constant([-1, -1]), p)
+        value = losses.MaskedOrdinalCrossentropy(sigma=1.0)(tf.constant([-1, -1]), p)
     assert float(value) == 0.0
     assert np.all(tape.gradient(value, p).numpy() == 0)
 
@@ -162,22 +165,22 @@ def test_ordinal_loss_costs_a_near_miss_less_than_a_far_one():
     near[0, 5], near[0, 6] = 0.5, 0.5
     far = np.full([1, 13], 0.0, np.float32)
     far[0, 5], far[0, 10] = 0.5, 0.5
-    plain = stops.MaskedOrdinalCrossentropy(sigma=0.0)
-    ordinal = stops.MaskedOrdinalCrossentropy(sigma=1.0)
+    plain = losses.MaskedOrdinalCrossentropy(sigma=0.0)
+    ordinal = losses.MaskedOrdinalCrossentropy(sigma=1.0)
     assert float(plain(y, near)) == pytest.approx(float(plain(y, far)))   # blind to distance
     assert float(ordinal(y, near)) < float(ordinal(y, far)) - 1.0
 
 
 def test_loss_sample_weight_and_config_round_trip():
-    loss = stops.MaskedOrdinalCrossentropy(sigma=0.7, label_smoothing=0.05, name="iso_loss")
+    loss = losses.MaskedOrdinalCrossentropy(sigma=0.7, label_smoothing=0.05, name="iso_loss")
     y = tf.constant([1, -1, 0])
     p = _probs([[0.2, 0.8], [0.5, 0.5], [0.6, 0.4]])
     per_photo = keras.losses.categorical_crossentropy(
-        stops.ordinal_targets(y, 2, 0.7, 0.05), p).numpy()
+        losses.ordinal_targets(y, 2, 0.7, 0.05), p).numpy()
     weighted = loss(y, p, sample_weight=tf.constant([2.0, 5.0, 1.0]))
     assert float(weighted) == pytest.approx((2 * per_photo[0] + per_photo[2]) / 2, rel=1e-5)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
-    assert isinstance(clone, stops.MaskedOrdinalCrossentropy)
+    assert isinstance(clone, losses.MaskedOrdinalCrossentropy)
     assert (clone.sigma, clone.label_smoothing, clone.name) == (0.7, 0.05, "iso_loss")
     assert float(clone(y, p)) == pytest.approx(float(loss(y, p)))
 
@@ -187,14 +190,14 @@ def test_masked_loss_and_accuracy_in_a_compiled_two_output_model():
     inputs = keras.Input((3,))
     model = keras.Model(inputs, {"shutter": keras.layers.Softmax(name="shutter")(inputs),
                                  "iso": keras.layers.Softmax(name="iso")(inputs[:, :2])})
-    model.compile(loss={"shutter": stops.MaskedOrdinalCrossentropy(sigma=1.0),
-                        "iso": stops.MaskedOrdinalCrossentropy()},
-                  metrics={"shutter": [stops.MaskedAccuracy()], "iso": [stops.MaskedAccuracy()]})
+    model.compile(loss={"shutter": losses.MaskedOrdinalCrossentropy(sigma=1.0),
+                        "iso": losses.MaskedOrdinalCrossentropy()},
+                  metrics={"shutter": [losses.MaskedAccuracy()], "iso": [losses.MaskedAccuracy()]})
     x = np.array([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], np.float32)
     y = {"shutter": np.array([0, 2, -1, 0]), "iso": np.array([-1, -1, -1, -1])}
     got = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
     p = keras.ops.convert_to_numpy(keras.activations.softmax(x))
-    t = stops.ordinal_targets(y["shutter"], 3, 1.0).numpy()
+    t = losses.ordinal_targets(y["shutter"], 3, 1.0).numpy()
     want = -np.sum(t * np.log(p), axis=-1)[[0, 1, 3]].mean()
     assert got["shutter_loss"] == pytest.approx(want, rel=1e-4)
     assert got["iso_loss"] == 0.0                       # a field nobody in the batch carries
@@ -204,7 +207,7 @@ def test_masked_loss_and_accuracy_in_a_compiled_two_output_model():
 
 
 def test_masked_accuracy_known_numbers():
-    metric = stops.MaskedAccuracy()
+    metric = losses.MaskedAccuracy()
     metric.update_state(tf.constant([[1], [-1], [0]]), _probs([[0.1, 0.9], [0.1, 0.9], [0.2, 0.8]]))
     assert float(metric.result()) == pytest.approx(0.5)
     metric.update_state(tf.constant([-1]), _probs([[0.1, 0.9]]))
@@ -215,12 +218,21 @@ def test_masked_accuracy_known_numbers():
 
 # ----------------------------------------------------------------------- camera notation
 
+def _nearest_standard(value, field):
+    """(text, position in stops) of the standard value nearest to a setting, by the live code:
+    standard_text of its stops, and that text's entry in the table."""
+    text = stops.standard_text(stops.value_to_stops(value, field), field)
+    index = stops.standard_texts(field).index(text) if text else None
+    return text, None if index is None else float(stops.standard_positions(field)[index])
+
+
 def test_every_standard_value_is_its_own_nearest():
     for field in labels.FIELDS:
-        values = stops.standard_values(field)
-        assert np.all(np.diff(values) > 0)
-        for value, text in zip(values, stops.standard_texts(field)):
-            assert stops.nearest_standard(value, field).text == text
+        positions = stops.standard_positions(field)
+        assert np.all(np.diff(positions) > 0)
+        for position, text in zip(positions, stops.standard_texts(field)):
+            assert stops.standard_text(position, field) == text
+            assert _nearest_standard(stops.stops_to_value(position, field), field)[0] == text
 
 
 @pytest.mark.parametrize("field,value,text,written", [
@@ -234,15 +246,16 @@ def test_every_standard_value_is_its_own_nearest():
     ("iso", 60, "ISO 64", 64),
 ])
 def test_nearest_standard(field, value, text, written):
-    got = stops.nearest_standard(value, field)
-    assert (got.text, got.value) == (text, pytest.approx(written))
+    got_text, got_stops = _nearest_standard(value, field)
+    assert got_text == text
+    assert _nearest_standard(written, field)[0] == text  # the value as written is that entry
     inside = 1e-5 < value < 1e3   # 1e-6 s and 1e4 s lie past the table's ends
-    assert abs(got.stops - stops.value_to_stops(value, field)) <= 1 / 6 or not inside
+    assert abs(got_stops - stops.value_to_stops(value, field)) <= 1 / 6 or not inside
 
 
-def test_nearest_standard_rejects_unknown_values():
-    with pytest.raises(ValueError, match="positive"):
-        stops.nearest_standard(-1.0, "iso")
+def test_nearest_standard_of_unknown_values_is_empty():
+    assert _nearest_standard(-1.0, "iso") == ("", None)
+    assert stops.standard_text(np.array([np.nan, 2.0]), "iso").tolist() == ["", "ISO 400"]
 
 
 KNOWN = [  # (field, probabilities, stops, setting value, text)
@@ -380,10 +393,6 @@ def test_field_metrics_without_labels_and_bad_input():
         stops.field_metrics("aperture", [1], np.ones([1, 13]), np.zeros(13))
     with pytest.raises(ValueError, match="class ids"):
         stops.field_metrics("iso", [7], np.ones([1, 5]), np.ones(5))
-
-
-def test_class_counts():
-    assert stops.class_counts([0, 4, 4, -1, 2], "iso").tolist() == [1, 0, 1, 0, 2]
 
 
 def test_regression_metrics_known_numbers():

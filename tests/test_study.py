@@ -1,6 +1,7 @@
-"""Tests of studies (exif_keras/study.py): grid expansion and validation against train's flags,
-resume of a killed study, results.csv / results.md / figure.png on a tiny study with a fake
-trainer, and one real run through the training command."""
+"""Tests of studies (exif_keras/analysis/studies.py and the command exif_keras/study.py): grid
+expansion and validation against train's flags, resume of a killed study, results.csv /
+results.md / figure.png on a tiny study with a fake trainer, and one real run through the training
+command."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from absl.testing import flagsaver
 from PIL import Image
 
 from exif_keras import study
+from exif_keras.analysis import studies
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,7 +50,7 @@ class FakeTrainer:
             "test_accuracy": 0.4 + 0.05 * settings["num_patches"] / 8 + 0.02 * settings["seed"]})
         self.fail, self.interrupt_at = fail, interrupt_at
 
-    def __call__(self, run: study.Run) -> int:
+    def __call__(self, run: studies.Run) -> int:
         self.calls.append(run.name)
         assert os.path.isdir(run.run_dir)
         if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
@@ -75,8 +77,8 @@ def study_args(base, tmp_path, grid=("num_patches=1,2,8",), seeds=("0", "1")):
 # ------------------------------------------------------------------------------- the grid
 
 def test_grid_is_the_product_of_the_axes_times_the_seeds(base, tmp_path):
-    axes = [study.parse_axis("num_patches=1,2"), study.parse_axis("learning_rate=1e-3,0.01")]
-    runs = study.plan(str(base), axes, [0, 1, 2], str(tmp_path / "s"))
+    axes = [studies.parse_axis("num_patches=1,2"), studies.parse_axis("learning_rate=1e-3,0.01")]
+    runs = studies.plan(str(base), axes, [0, 1, 2], str(tmp_path / "s"))
     assert len(runs) == 2 * 2 * 3
     assert runs[0].name == "num_patches=1_learning_rate=1e-3_seed=0"
     assert runs[0].args == [f"--flagfile={base}", "--num_patches=1", "--learning_rate=1e-3",
@@ -105,27 +107,27 @@ def test_grid_is_the_product_of_the_axes_times_the_seeds(base, tmp_path):
 ])
 def test_a_wrong_axis_is_a_clear_error_before_anything_trains(base, tmp_path, grid, message):
     trainer = FakeTrainer()
-    with pytest.raises(study.StudyError, match=message):
-        study.run_study(**study_args(base, tmp_path, grid=[grid]), runner=trainer)
+    with pytest.raises(studies.StudyError, match=message):
+        studies.run_study(**study_args(base, tmp_path, grid=[grid]), runner=trainer)
     assert trainer.calls == [] and not (tmp_path / "study").exists()
 
 
 def test_other_study_errors(base, tmp_path):
     trainer = FakeTrainer()
-    with pytest.raises(study.StudyError, match="no such file"):
-        study.run_study(**{**study_args(base, tmp_path), "base_flagfile": "nope.flags"},
+    with pytest.raises(studies.StudyError, match="no such file"):
+        studies.run_study(**{**study_args(base, tmp_path), "base_flagfile": "nope.flags"},
                         runner=trainer)
-    with pytest.raises(study.StudyError, match="seeds"):
-        study.run_study(**study_args(base, tmp_path, seeds=["x"]), runner=trainer)
-    with pytest.raises(study.StudyError, match="given twice"):
-        study.run_study(**study_args(base, tmp_path, grid=["l2=0.1", "l2=0.2"]), runner=trainer)
+    with pytest.raises(studies.StudyError, match="seeds"):
+        studies.run_study(**study_args(base, tmp_path, seeds=["x"]), runner=trainer)
+    with pytest.raises(studies.StudyError, match="given twice"):
+        studies.run_study(**study_args(base, tmp_path, grid=["l2=0.1", "l2=0.2"]), runner=trainer)
     no_field = tmp_path / "nofield.flags"
     no_field.write_text("--epochs=1\n")
-    with pytest.raises(study.StudyError, match="no --field"):
-        study.run_study(**{**study_args(base, tmp_path), "base_flagfile": str(no_field)},
+    with pytest.raises(studies.StudyError, match="no --field"):
+        studies.run_study(**{**study_args(base, tmp_path), "base_flagfile": str(no_field)},
                         runner=trainer)
     # ... unless the grid gives it
-    runs = study.plan(str(no_field), [study.parse_axis("field=iso,aperture")], [0],
+    runs = studies.plan(str(no_field), [studies.parse_axis("field=iso,aperture")], [0],
                       str(tmp_path / "s"))
     assert [r.settings["field"] for r in runs] == ["iso", "aperture"]
     assert trainer.calls == []
@@ -133,10 +135,10 @@ def test_other_study_errors(base, tmp_path):
 
 def test_training_flags_given_to_the_study_itself_are_an_error(base, tmp_path, capsys):
     with flagsaver.flagsaver():
-        flags.FLAGS(["study", f"--base_flagfile={base}", "--grid=num_patches=1",
-                     f"--study_dir={tmp_path / 's'}", "--num_patches=4"])
+        rest = study.parse_flags(["study", f"--base_flagfile={base}", "--grid=num_patches=1",
+                                  f"--study_dir={tmp_path / 's'}", "--num_patches=4"])
         try:
-            assert study.main(["study"]) == 2
+            assert study.main(rest) == 2
         finally:
             flags.FLAGS.unparse_flags()
     assert "--num_patches" in capsys.readouterr().err
@@ -147,7 +149,7 @@ def test_training_flags_given_to_the_study_itself_are_an_error(base, tmp_path, c
 def test_killed_study_skips_finished_runs_and_resumes_the_interrupted_one(base, tmp_path):
     killer = FakeTrainer(interrupt_at=3)
     with pytest.raises(KeyboardInterrupt):
-        study.run_study(**study_args(base, tmp_path), runner=killer)
+        studies.run_study(**study_args(base, tmp_path), runner=killer)
     finished, interrupted = killer.calls[:2], killer.calls[2]
     assert all((tmp_path / "study" / n / "metrics.json").exists() for n in finished)
     assert not (tmp_path / "study" / interrupted / "metrics.json").exists()
@@ -158,39 +160,39 @@ def test_killed_study_skips_finished_runs_and_resumes_the_interrupted_one(base, 
     assert statuses[interrupted] == "pending"
 
     dry = study_args(base, tmp_path)
-    study.run_study(**dry, dry_run=True, runner=FakeTrainer())
+    studies.run_study(**dry, dry_run=True, runner=FakeTrainer())
     listing = dry["out"].getvalue()
     assert f"done    {finished[0]}" in listing and f"resume  {interrupted}" in listing
     assert "6 runs: 2 done, 1 resume, 3 new" in listing
 
     again = FakeTrainer()
-    result = study.run_study(**study_args(base, tmp_path), runner=again)
+    result = studies.run_study(**study_args(base, tmp_path), runner=again)
     assert again.calls[0] == interrupted and len(again.calls) == 4
     assert not set(again.calls) & set(finished)
     assert all(o.status == "ok" for o in result["outcomes"].values())
     # a third time: nothing to do
     third = FakeTrainer()
-    study.run_study(**study_args(base, tmp_path), runner=third)
+    studies.run_study(**study_args(base, tmp_path), runner=third)
     assert third.calls == []
 
 
 def test_a_finished_run_trained_with_other_flags_is_an_error(base, tmp_path):
-    study.run_study(**study_args(base, tmp_path, grid=["num_patches=1"], seeds=["0"]),
+    studies.run_study(**study_args(base, tmp_path, grid=["num_patches=1"], seeds=["0"]),
                     runner=FakeTrainer())
     base.write_text(base.read_text().replace("--epochs=3", "--epochs=4"))
     trainer = FakeTrainer()
-    with pytest.raises(study.StudyError, match="epochs: 3 then, 4 now"):
-        study.run_study(**study_args(base, tmp_path, grid=["num_patches=1"], seeds=["0"]),
+    with pytest.raises(studies.StudyError, match="epochs: 3 then, 4 now"):
+        studies.run_study(**study_args(base, tmp_path, grid=["num_patches=1"], seeds=["0"]),
                         runner=trainer)
     assert trainer.calls == []
     # an interrupted run would resume another configuration's training: the same error
     interrupted = {**study_args(base, tmp_path, grid=["num_patches=2"], seeds=["0"]),
                    "study_dir": str(tmp_path / "other")}
     with pytest.raises(KeyboardInterrupt):
-        study.run_study(**interrupted, runner=FakeTrainer(interrupt_at=1))
+        studies.run_study(**interrupted, runner=FakeTrainer(interrupt_at=1))
     base.write_text(base.read_text().replace("--epochs=4", "--epochs=5"))
-    with pytest.raises(study.StudyError, match="epochs: 4 then, 5 now"):
-        study.run_study(**interrupted, runner=trainer)
+    with pytest.raises(studies.StudyError, match="epochs: 4 then, 5 now"):
+        studies.run_study(**interrupted, runner=trainer)
     assert trainer.calls == []
 
 
@@ -198,7 +200,7 @@ def test_a_finished_run_trained_with_other_flags_is_an_error(base, tmp_path):
 
 def test_results_csv_markdown_and_figure(base, tmp_path):
     name_failed = "num_patches=1_seed=1"
-    result = study.run_study(**study_args(base, tmp_path),
+    result = studies.run_study(**study_args(base, tmp_path),
                              runner=FakeTrainer(fail=(name_failed,)))
     paths = result["paths"]
     with open(paths["csv"]) as f:
@@ -245,7 +247,7 @@ def test_regression_metrics_become_columns(base, tmp_path):
                                     "mean_baseline_mae_stops": 1.3,
                                     "prediction_std_ratio": 0.05}}}
 
-    result = study.run_study(**study_args(base, tmp_path, grid=["num_patches=1"], seeds=["0"]),
+    result = studies.run_study(**study_args(base, tmp_path, grid=["num_patches=1"], seeds=["0"]),
                              runner=FakeTrainer(accuracy=regression))
     with open(result["paths"]["csv"]) as f:
         row = next(csv.DictReader(f))
@@ -254,28 +256,28 @@ def test_regression_metrics_become_columns(base, tmp_path):
 
 
 def test_paper_numbers_match_on_axes_field_and_task():
-    setup = dict(study.PAPER_SETUP)
-    assert study.paper_number(setup, ["num_patches"]).validation == 79.44
-    assert study.paper_number({**setup, "num_patches": 2}, ["num_patches"]).validation == 72.03
-    assert study.paper_number({**setup, "num_patches": 4}, ["num_patches"]) is None
-    assert study.paper_number({**setup, "backbone": "scratch"}, ["backbone"]).validation == 71.11
-    assert study.paper_number({**setup, "field": "iso"}, ["field"]).text == "< 55 (val)"
+    setup = dict(studies.PAPER_SETUP)
+    assert studies.paper_number(setup, ["num_patches"]).validation == 79.44
+    assert studies.paper_number({**setup, "num_patches": 2}, ["num_patches"]).validation == 72.03
+    assert studies.paper_number({**setup, "num_patches": 4}, ["num_patches"]) is None
+    assert studies.paper_number({**setup, "backbone": "scratch"}, ["backbone"]).validation == 71.11
+    assert studies.paper_number({**setup, "field": "iso"}, ["field"]).text == "< 55 (val)"
     # base settings that are not axes do not matter (the demo runs on the sample)...
     demo = {**setup, "backbone": "scratch", "patch_size": 64, "filters": 16}
-    assert study.paper_number(demo, ["num_patches"]).validation == 79.44
+    assert studies.paper_number(demo, ["num_patches"]).validation == 79.44
     # ... but field and task always do
-    assert study.paper_number({**setup, "task": "fine"}, ["num_patches"]) is None
-    assert study.paper_number({**setup, "learning_rate": 0.01},
+    assert studies.paper_number({**setup, "task": "fine"}, ["num_patches"]) is None
+    assert studies.paper_number({**setup, "learning_rate": 0.01},
                               ["learning_rate", "l2"]) is None
 
 
 def test_failure_reasons(tmp_path):
-    run = study.Run("r", (), 0, str(tmp_path), [], {})
-    assert study.failure_reason(run, -9).startswith("killed by signal 9")
-    (tmp_path / study.TRAIN_LOG).write_text("$ old\ntrain: error: old problem\n$ new\n"
+    run = studies.Run("r", (), 0, str(tmp_path), [], {})
+    assert studies.failure_reason(run, -9).startswith("killed by signal 9")
+    (tmp_path / studies.TRAIN_LOG).write_text("$ old\ntrain: error: old problem\n$ new\n"
                                             "Traceback\nValueError: boom\n")
-    assert study.failure_reason(run, 1).startswith("exit status 1: ValueError: boom")
-    assert study.failure_reason(run, 0).startswith("no metrics.json written")
+    assert studies.failure_reason(run, 1).startswith("exit status 1: ValueError: boom")
+    assert studies.failure_reason(run, 0).startswith("no metrics.json written")
 
 
 # ------------------------------------------------------------------------------- one real run
@@ -283,12 +285,10 @@ def test_failure_reasons(tmp_path):
 @pytest.mark.slow
 def test_one_real_run_through_the_training_command(tmp_path):
     """The real child command on tiny records: study -> train -> metrics.json -> results."""
-    from exif_keras.records import writer
-    from exif_keras.records import sample
+    from exif_keras.records import sample, writer
 
     sample.generate_sample(str(tmp_path / "sample"), count=24, seed=5, workers=1, progress=False)
-    writer.run(str(tmp_path / "sample"), str(tmp_path / "records"), workers=1,
-                     progress=False)
+    writer.run(str(tmp_path / "sample"), str(tmp_path / "records"), workers=1, progress=False)
     base = tmp_path / "tiny.flags"
     base.write_text(f"--field=shutter\n--data_dir={tmp_path / 'records'}\n--epochs=1\n"
                     "--batch_size=8\n--patch_size=32\n--backbone=scratch\n--filters=4\n"

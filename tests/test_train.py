@@ -4,7 +4,6 @@ and a two-replica MirroredStrategy step on the CPU."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import pathlib
@@ -16,9 +15,11 @@ import numpy as np
 import pytest
 
 from exif_keras import train
-from exif_keras.records import writer
-from exif_keras.records import sample
 from exif_keras.common import stops
+from exif_keras.modeling import run_folder
+from exif_keras.records import sample, writer
+from exif_keras.training import config as config_lib
+from exif_keras.training import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -33,18 +34,18 @@ def records(tmp_path_factory):
     return root / "records"
 
 
-def tiny_config(records, model_dir, **overrides) -> train.TrainConfig:
+def tiny_config(records, model_dir, **overrides) -> config_lib.TrainConfig:
     base = dict(field="shutter", task="binary", data_dir=str(records), model_dir=str(model_dir),
                 epochs=2, batch_size=8, num_patches=2, patch_size=32, backbone="scratch",
                 filters=4, export=False, verbose=0, eval_train=False, seed=1)
     base.update(overrides)
-    return train.TrainConfig(**base)
+    return config_lib.TrainConfig.from_flat(**base)
 
 
 def test_train_writes_metrics_checkpoint_and_logs(records, tmp_path):
-    metrics = train.train(tiny_config(records, tmp_path / "run"))
+    metrics = trainer.train(tiny_config(records, tmp_path / "run"))
     run = tmp_path / "run"
-    saved = json.loads((run / train.METRICS).read_text())
+    saved = json.loads((run / run_folder.METRICS).read_text())
     for key in ("field", "task", "class_names", "test_accuracy", "val_accuracy", "num_train",
                 "num_val", "num_test", "confusion_matrix", "epochs", "wall_seconds"):
         assert key in saved, key
@@ -54,16 +55,16 @@ def test_train_writes_metrics_checkpoint_and_logs(records, tmp_path):
     matrix = np.array(saved["confusion_matrix"])
     assert matrix.shape == (2, 2) and matrix.sum() == saved["num_test"]
     assert 0.0 <= saved["test_accuracy"] <= 1.0
-    assert (run / train.BEST_WEIGHTS).exists()
-    assert (run / train.CONFUSION_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / run_folder.BEST_WEIGHTS).exists()
+    assert (run / run_folder.CONFUSION_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "model_config.json").exists()
-    flags_used = json.loads((run / train.RUN_CONFIG).read_text())
+    flags_used = json.loads((run / run_folder.RUN_CONFIG).read_text())
     assert flags_used["train"]["num_patches"] == 2 and flags_used["task"]["task"] == "binary"
-    with open(run / train.CSV_LOG) as f:
+    with open(run / run_folder.CSV_LOG) as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]
-    assert list((run / train.LOG_DIR).rglob("events.out.tfevents.*"))
-    assert not (run / train.BACKUP_DIR).exists(), "a finished run removes its backup"
-    assert "fast: 1/250 s or shorter" in train.summary(metrics)
+    assert list((run / run_folder.LOG_DIR).rglob("events.out.tfevents.*"))
+    assert not (run / run_folder.BACKUP_DIR).exists(), "a finished run removes its backup"
+    assert "fast: 1/250 s or shorter" in trainer.summary(metrics)
 
 
 def test_resume_after_a_crash_ends_with_the_same_epochs(records, tmp_path, monkeypatch):
@@ -77,8 +78,8 @@ def test_resume_after_a_crash_ends_with_the_same_epochs(records, tmp_path, monke
 
     monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train.train(config)
-    assert (tmp_path / "run" / train.BACKUP_DIR / "training_metadata.json").exists()
+        trainer.train(config)
+    assert (tmp_path / "run" / run_folder.BACKUP_DIR / "training_metadata.json").exists()
     monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", real)
 
     resumed_epochs = []
@@ -89,9 +90,9 @@ def test_resume_after_a_crash_ends_with_the_same_epochs(records, tmp_path, monke
         return real_begin(self, epoch, logs)
 
     monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_begin", record_begin)
-    metrics = train.train(config)
+    metrics = trainer.train(config)
     assert resumed_epochs == [2], "the second run must only run the missing third epoch"
-    with open(tmp_path / "run" / train.CSV_LOG) as f:
+    with open(tmp_path / "run" / run_folder.CSV_LOG) as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "2"]
     assert metrics["epochs"] == 3
 
@@ -105,12 +106,12 @@ def test_no_labelled_example_is_a_clear_error(records, tmp_path):
     for shard in records.glob("*.tfrecord"):
         (empty / shard.name).symlink_to(shard)
     (empty / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(train.TrainError, match="no training example"):
-        train.train(tiny_config(empty, tmp_path / "run"))
-    with pytest.raises(train.TrainError, match="make_records"):
-        train.train(tiny_config(tmp_path / "nowhere", tmp_path / "run"))
-    with pytest.raises(train.TrainError, match="patch_size 16 is too small"):
-        train.train(tiny_config(records, tmp_path / "run", backbone="vgg16", patch_size=16,
+    with pytest.raises(trainer.TrainError, match="no training example"):
+        trainer.train(tiny_config(empty, tmp_path / "run"))
+    with pytest.raises(trainer.TrainError, match="make_records"):
+        trainer.train(tiny_config(tmp_path / "nowhere", tmp_path / "run"))
+    with pytest.raises(trainer.TrainError, match="patch_size 16 is too small"):
+        trainer.train(tiny_config(records, tmp_path / "run", backbone="vgg16", patch_size=16,
                                 backbone_weights=None))
 
 
@@ -187,28 +188,28 @@ def _weights(path):
 
 
 def _log(run):
-    with open(run / train.CSV_LOG) as f:
+    with open(run / run_folder.CSV_LOG) as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def test_a_run_killed_between_epochs_ends_where_an_uninterrupted_one_does(records, tmp_path):
     # with the cosine schedule, which only ends the same if the optimizer's step count resumes
     rates = _LearningRates()
-    straight = train.train(tiny_config(records, tmp_path / "straight", epochs=3,
+    straight = trainer.train(tiny_config(records, tmp_path / "straight", epochs=3,
                                        lr_schedule="cosine"), extra_callbacks=[rates])
     # cosine from --learning_rate to 0 over the whole run: 1/2 (1 + cos(pi e / 3)) after epoch e
     assert rates.rates == pytest.approx([0.75e-3, 0.25e-3, 0.0], abs=1e-9)
     config = tiny_config(records, tmp_path / "killed", epochs=3, lr_schedule="cosine")
     with pytest.raises(KeyboardInterrupt):
-        train.train(config, extra_callbacks=[_KillAfter(1)])
+        trainer.train(config, extra_callbacks=[_KillAfter(1)])
     seen, rates = _EpochsRun(), _LearningRates()
-    resumed = train.train(config, extra_callbacks=[seen, rates])
+    resumed = trainer.train(config, extra_callbacks=[seen, rates])
     assert seen.epochs == [2] and rates.rates == pytest.approx([0.0], abs=1e-9)
     # the same data order and crops after the restart: the same losses, weights and metrics
     for a, b in zip(_log(tmp_path / "straight"), _log(tmp_path / "killed"), strict=True):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
-    w1, w2 = _weights(tmp_path / "straight" / train.BEST_WEIGHTS), \
-        _weights(tmp_path / "killed" / train.BEST_WEIGHTS)
+    w1, w2 = _weights(tmp_path / "straight" / run_folder.BEST_WEIGHTS), \
+        _weights(tmp_path / "killed" / run_folder.BEST_WEIGHTS)
     assert w1.keys() == w2.keys()
     for name in w1:
         np.testing.assert_allclose(w1[name], w2[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -220,60 +221,62 @@ def test_a_resumed_run_keeps_the_best_validation_accuracy_so_far(records, tmp_pa
     config = tiny_config(records, tmp_path / "run", epochs=3)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train.train(config, extra_callbacks=[_KillAfter(0)])
-    best_bytes = (run / train.BEST_WEIGHTS).read_bytes()
+        trainer.train(config, extra_callbacks=[_KillAfter(0)])
+    best_bytes = (run / run_folder.BEST_WEIGHTS).read_bytes()
     # Make epoch 1's validation accuracy unbeatable: a resumed run that forgot it would save a
     # later (worse) epoch over the best checkpoint.
-    rows = list(csv.DictReader(open(run / train.CSV_LOG)))
+    rows = list(csv.DictReader(open(run / run_folder.CSV_LOG)))
     rows[0]["val_accuracy"] = "1.5"
-    with open(run / train.CSV_LOG, "w", newline="") as f:
+    with open(run / run_folder.CSV_LOG, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    metrics = train.train(config)
-    assert (run / train.BEST_WEIGHTS).read_bytes() == best_bytes
+    metrics = trainer.train(config)
+    assert (run / run_folder.BEST_WEIGHTS).read_bytes() == best_bytes
     assert metrics["best_epoch"] == 1
 
 
 def test_killed_after_fit_goes_straight_to_evaluation_and_a_finished_run_is_not_retrained(
         records, tmp_path, monkeypatch):
     config = tiny_config(records, tmp_path / "run", epochs=2)
-    real = train._evaluate
+    real = trainer._evaluate
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed during the final evaluation")
 
-    monkeypatch.setattr(train, "_evaluate", killed)
+    monkeypatch.setattr(trainer, "_evaluate", killed)
     with pytest.raises(KeyboardInterrupt):
-        train.train(config)
-    monkeypatch.setattr(train, "_evaluate", real)
-    assert (tmp_path / "run" / train.FIT_COMPLETE).exists()
+        trainer.train(config)
+    monkeypatch.setattr(trainer, "_evaluate", real)
+    assert (tmp_path / "run" / run_folder.FIT_COMPLETE).exists()
     seen = _EpochsRun()
-    metrics = train.train(config, extra_callbacks=[seen])
+    metrics = trainer.train(config, extra_callbacks=[seen])
     assert seen.epochs == [] and [r["epoch"] for r in _log(tmp_path / "run")] == [0, 1]
     assert metrics["best_epoch"] in (1, 2) and "already_finished" not in metrics
     # run again once finished: says so, trains nothing, the same metrics
-    again = train.train(config, extra_callbacks=[seen])
+    again = trainer.train(config, extra_callbacks=[seen])
     assert again["already_finished"] is True and seen.epochs == []
     assert again["splits"] == metrics["splits"]
     # finished without an export: the rerun exports it once
-    exported = train.train(dataclasses.replace(config, export=True,
-                                               export_dir=str(tmp_path / "models" / "exif_x")))
+    exported = trainer.train(config.replace(export=True,
+                                            export_dir=str(tmp_path / "models" / "exif_x")),
+                             export_fn=train.export_run)
     assert exported["export_path"].endswith("exif_x/1")
-    assert train.train(dataclasses.replace(config, export=True, export_dir=str(
-        tmp_path / "models" / "exif_x")))["export_path"] == exported["export_path"]
+    assert trainer.train(config.replace(export=True, export_dir=str(
+        tmp_path / "models" / "exif_x")), export_fn=train.export_run)["export_path"] \
+        == exported["export_path"]
     # other flags on a finished run: a clear error, not a silent mix
-    with pytest.raises(train.TrainError, match="--epochs: 2 there, 3 now.*--retrain"):
-        train.train(dataclasses.replace(config, epochs=3))
+    with pytest.raises(trainer.TrainError, match="--epochs: 2 there, 3 now.*--retrain"):
+        trainer.train(config.replace(epochs=3))
     # --retrain starts over
-    retrained = train.train(dataclasses.replace(config, retrain=True), extra_callbacks=[seen])
+    retrained = trainer.train(config.replace(retrain=True), extra_callbacks=[seen])
     assert seen.epochs == [0, 1] and "already_finished" not in retrained
 
 
 # ----------------------------------------------------------------------- several fields, tasks
 
 def test_joint_fine_model_of_all_fields(records, tmp_path):
-    metrics = train.train(tiny_config(records, tmp_path / "run", field="all", task="fine",
+    metrics = trainer.train(tiny_config(records, tmp_path / "run", field="all", task="fine",
                                       ordinal_sigma=0.7, eval_train=True,
                                       field_weights={"iso": 0.5}))
     assert list(metrics["fields"]) == ["shutter", "aperture", "iso"]
@@ -285,24 +288,24 @@ def test_joint_fine_model_of_all_fields(records, tmp_path):
         assert test["count"] == np.array(test["confusion_matrix"]).sum()
         assert test["within_one_stop"] >= test["accuracy"]
     # the training split's class counts travel with the run (to the export, for predict)
-    recorded = json.loads((tmp_path / "run" / train.RUN_CONFIG).read_text())["train_class_counts"]
+    recorded = json.loads((tmp_path / "run" / run_folder.RUN_CONFIG).read_text())["train_class_counts"]
     for name, field in metrics["fields"].items():
         assert sum(recorded[name]) == field["splits"]["train"]["count"]
         assert field["splits"]["test"]["majority_class"] == stops.majority_class(recorded[name])
     accuracies = [f["splits"]["test"]["accuracy"] for f in metrics["fields"].values()]
     assert metrics["test_accuracy"] == pytest.approx(np.mean(accuracies))
-    header = open(tmp_path / "run" / train.CSV_LOG).readline()
+    header = open(tmp_path / "run" / run_folder.CSV_LOG).readline()
     assert "val_accuracy" in header and "val_iso_accuracy" in header
     for name in ("shutter", "aperture", "iso"):
         assert (tmp_path / "run" / f"confusion_matrix_{name}.png").exists()
-    table = train.summary(metrics)
+    table = trainer.summary(metrics)
     assert "iso: mae_stops" in table and "mean over fields" in table
-    with pytest.raises(train.TrainError, match="ordinal_sigma"):
-        train.train(tiny_config(records, tmp_path / "bad", ordinal_sigma=1.0))
+    with pytest.raises(trainer.TrainError, match="ordinal_sigma"):
+        trainer.train(tiny_config(records, tmp_path / "bad", ordinal_sigma=1.0))
 
 
 def test_regression_baseline(records, tmp_path):
-    metrics = train.train(tiny_config(records, tmp_path / "run", task="regression"))
+    metrics = trainer.train(tiny_config(records, tmp_path / "run", task="regression"))
     test = metrics["fields"]["shutter"]["splits"]["test"]
     for key in ("mae_stops", "rmse_stops", "mean_baseline_mae_stops", "mean_baseline_rmse_stops",
                 "prediction_std_ratio", "accuracy"):
@@ -311,4 +314,4 @@ def test_regression_baseline(records, tmp_path):
     config = json.loads((tmp_path / "run" / "model_config.json").read_text())
     head = config["heads"][0]
     assert head["kind"] == "regression" and head["std"] > 0
-    assert "shutter: mae_stops" in train.summary(metrics)
+    assert "shutter: mae_stops" in trainer.summary(metrics)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exif_keras import train
 from exif_keras.records import features, writer
 from exif_keras.records import manifest as records_manifest
+from exif_keras.training import config as config_lib
+from exif_keras.training import trainer
 
 import mirflickr_fixtures as mf
 
@@ -61,10 +62,11 @@ def test_truncated_shard_is_named(records):
     assert f"{victim.name}: truncated" in message and "make_records" in message
     assert sum(s.name in message for s in _shards(records)) == 1, "only the damaged shard"
     # train stops before building anything, naming the shard.
-    config = train.TrainConfig(field="shutter", data_dir=str(records),
-                               model_dir=str(records.parent / "run"), backbone="scratch")
-    with pytest.raises(train.TrainError, match=victim.name):
-        train.train(config)
+    config = config_lib.TrainConfig.from_flat(field="shutter", data_dir=str(records),
+                                              model_dir=str(records.parent / "run"),
+                                              backbone="scratch")
+    with pytest.raises(trainer.TrainError, match=victim.name):
+        trainer.train(config)
     assert not (records.parent / "run").exists()
 
 

@@ -1,4 +1,6 @@
-"""EXIF settings in stops: targets, the ordinal loss, estimates, camera notation, metrics, errors.
+"""EXIF settings in stops: targets, estimates, camera notation, metrics, errors.
+
+(The losses on these classes, the ordinal loss among them, are ``modeling/losses.py``'s.)
 
 Why stops. Shutter time, f-number and ISO each act on the exposure multiplicatively, and a
 photographer reasons in *stops* (factors of 2 of light): 1/125 s is one stop from 1/250 s and
@@ -18,18 +20,14 @@ errors of different fields are comparable. Positive means more exposure time, a 
 aperture (larger f-number) and a higher ISO: each field's own direction, not total exposure.
 
 What is here (numpy/Python for evaluation and ``predict``; ``tf_*`` graph versions, pure
-TensorFlow ops, for the input pipeline, the loss and the serving signature, since TensorFlow
+TensorFlow ops, for the input pipeline and the serving signature, since TensorFlow
 Serving cannot run Python):
 
-  * conversions stops <-> seconds / f-number / ISO and regression targets from raw EXIF values
-    (NaN when unknown): ``value_to_stops``, ``stops_to_value``, ``regression_targets``;
-  * the paper's further work (section 7.1), "penalize nearby class predictions less than those
-    that are completely wrong" plus label smoothing: ``ordinal_targets``,
-    ``MaskedOrdinalCrossentropy`` and ``MaskedAccuracy`` (label -1 = this photo has no label for
-    this field: it counts for nothing, so a joint model never drops a photo for a missing field);
+  * conversions stops <-> seconds / f-number / ISO, the regression targets from raw EXIF values
+    (NaN when unknown): ``value_to_stops``, ``stops_to_value``;
   * the estimate, the probability-weighted mean of the class values in stops
     (``expected_stops``, ``estimates``), written as a camera writes it, at the nearest standard
-    third-stop value (``nearest_standard``, ``standard_text``, ``exif_text``:
+    third-stop value (``standard_text``, ``exif_text``:
     ``1/125 s, f/5.6, ISO 400``);
   * metrics in stops (``field_metrics``, ``regression_metrics``) and the signed error of an
     estimate against a photo's own EXIF (``stop_error``, ``format_stop_error``).
@@ -38,9 +36,8 @@ Serving cannot run Python):
 from __future__ import annotations
 
 import math
-from typing import Mapping, NamedTuple, Optional
+from typing import Mapping, Optional
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -89,17 +86,6 @@ def stops_to_value(stops, field: str):
     return float(out) if np.ndim(stops) == 0 else out
 
 
-def regression_targets(settings: Mapping[str, object]) -> dict:
-    """Regression targets in stops from raw EXIF values.
-
-    ``settings`` maps setting names (``exposure_time``, ``f_number``, ``iso``; absent keys and
-    None count as unknown) to scalars or arrays; the result maps each field to its value in stops,
-    NaN where unknown. Unlike the fine classes these are not rounded or limited to the classes'
-    range: ISO 250 gives 1.32, not "no label"."""
-    return {field: value_to_stops(settings.get(setting), field)
-            for field, setting in SETTINGS.items()}
-
-
 # ----------------------------------------------------------------------- conversions (graph)
 
 def tf_value_to_stops(values, field: str) -> tf.Tensor:
@@ -118,126 +104,6 @@ def tf_stops_to_value(stops, field: str) -> tf.Tensor:
     _check_field(field)
     s = tf.cast(stops, tf.float32)
     return REFERENCE[field] * tf.math.pow(2.0, s / STOPS_PER_DOUBLING[field])
-
-
-def tf_regression_targets(settings: Mapping[str, tf.Tensor]) -> dict:
-    """Graph version of ``regression_targets`` for the fields whose setting is in ``settings``
-    (e.g. the parsed ``exif/exposure_time``, ``exif/f_number``, ``exif/iso`` features)."""
-    return {field: tf_value_to_stops(settings[setting], field)
-            for field, setting in SETTINGS.items() if setting in settings}
-
-
-# ------------------------------------------------------------------- ordinal loss and metric
-
-def ordinal_targets(labels, num_classes: int, sigma: float,
-                    label_smoothing: float = 0.0) -> tf.Tensor:
-    """Soft targets [B, R] float32 from integer class ids [B] (or [B, 1]); -1 = no label.
-
-    A fine class is a value in stops rounded to a whole stop. The target of class y is the
-    probability that a value drawn from a Gaussian centred on y with standard deviation ``sigma``
-    (in classes, i.e. stops) rounds into each class: Phi((j + 1/2 - y) / sigma) -
-    Phi((j - 1/2 - y) / sigma), restricted to the R classes and renormalised to sum 1. A prediction
-    one class off therefore costs less than one five classes off (the paper's section 7.1), and
-    sigma 0 is exactly one-hot (plain cross-entropy). Label smoothing then mixes in the uniform
-    distribution as Keras does: y * (1 - ls) + ls / R.
-
-    Rows whose id is outside [0, R) (NO_LABEL) are all zeros: their cross-entropy and its
-    gradient are exactly 0. ``sigma`` and ``label_smoothing`` are Python numbers (hyperparameters
-    fixed when the graph is built); everything else is TensorFlow ops.
-    """
-    sigma = float(sigma)
-    label_smoothing = float(label_smoothing)
-    if not (sigma >= 0 and math.isfinite(sigma)):
-        raise ValueError(f"ordinal sigma must be a finite number >= 0 (in classes); "
-                         f"received sigma={sigma}")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1); received {label_smoothing}")
-    num_classes = int(num_classes)
-    ids = tf.reshape(tf.cast(tf.round(tf.cast(labels, tf.float32)), tf.int32), [-1])
-    valid = (ids >= 0) & (ids < num_classes)
-    if sigma == 0:
-        target = tf.one_hot(ids, num_classes, dtype=tf.float32)  # zeros for ids out of range
-    else:
-        centre = tf.cast(ids, tf.float32)[:, None]                          # [B, 1]
-        edges = tf.range(num_classes + 1, dtype=tf.float32)[None, :] - 0.5  # [1, R + 1]
-        z = (edges - centre) / (sigma * math.sqrt(2.0))                     # [B, R + 1]
-        lo, hi = z[:, :-1], z[:, 1:]                                        # each class's edges
-        # 0.5 (erf(hi) - erf(lo)), written with erfc on the side away from the centre so the
-        # tails keep their relative precision in float32 instead of cancelling to 0.
-        mass = 0.5 * tf.where(lo >= 0, tf.math.erfc(lo) - tf.math.erfc(hi),
-                              tf.where(hi <= 0, tf.math.erfc(-hi) - tf.math.erfc(-lo),
-                                       tf.math.erf(hi) - tf.math.erf(lo)))  # [B, R]
-        target = tf.math.divide_no_nan(mass, tf.reduce_sum(mass, axis=-1, keepdims=True))
-    if label_smoothing:
-        target = target * (1.0 - label_smoothing) + label_smoothing / num_classes
-    return tf.where(valid[:, None], target, tf.zeros_like(target))
-
-
-@keras.saving.register_keras_serializable(package="exif_keras")
-class MaskedOrdinalCrossentropy(keras.losses.Loss):
-    """Cross-entropy of ``ordinal_targets`` against predicted probabilities, labels -1 masked.
-
-    ``y_true``: integer class ids [B] or [B, 1], -1 where the photo has no label for this field;
-    ``y_pred``: probabilities [B, R] (the model's softmax). A masked photo contributes exactly 0
-    to the loss and to its gradient, and the batch mean is over the labelled photos only (0, not
-    NaN, for a batch without any), the way Keras' ``SparseCategoricalCrossentropy(ignore_class=-1)``
-    reduces, so a field that few photos carry is not diluted by the photos without it. A
-    ``sample_weight`` multiplies as usual. With sigma 0 and no smoothing this is exactly that
-    Keras loss.
-    """
-
-    def __init__(self, sigma=0.0, label_smoothing=0.0, name="masked_ordinal_crossentropy",
-                 reduction="sum_over_batch_size", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.sigma = float(sigma)
-        self.label_smoothing = float(label_smoothing)
-        ordinal_targets(tf.zeros([1], tf.int32), 2, self.sigma, self.label_smoothing)  # validates
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        # The mask enters as a sample weight through the public Loss API; for the mean
-        # reductions it is scaled by batch / labelled, so "sum over batch size" becomes "sum over
-        # the labelled photos" (the scaling Keras applies to a loss's mask).
-        ids = tf.reshape(tf.convert_to_tensor(y_true), [-1])
-        valid = tf.cast((ids >= 0) & (ids < tf.cast(tf.shape(y_pred)[-1], ids.dtype)), tf.float32)
-        weight = valid
-        if self.reduction in ("sum_over_batch_size", "mean"):
-            batch = tf.cast(tf.size(valid), tf.float32)
-            weight = weight * tf.math.divide_no_nan(batch, tf.reduce_sum(valid))
-        if sample_weight is not None:
-            sample_weight = tf.cast(tf.convert_to_tensor(sample_weight), tf.float32)
-            weight = weight * tf.reshape(sample_weight, tf.shape(weight))
-        return super().__call__(y_true, y_pred, sample_weight=weight)
-
-    def call(self, y_true, y_pred):
-        num_classes = y_pred.shape[-1]
-        if num_classes is None:
-            raise ValueError("MaskedOrdinalCrossentropy needs a static number of classes "
-                             f"(last axis of y_pred); received shape {y_pred.shape}")
-        target = ordinal_targets(y_true, num_classes, self.sigma, self.label_smoothing)
-        return keras.losses.categorical_crossentropy(tf.cast(target, y_pred.dtype), y_pred)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(sigma=self.sigma, label_smoothing=self.label_smoothing)
-        return config
-
-
-@keras.saving.register_keras_serializable(package="exif_keras")
-class MaskedAccuracy(keras.metrics.Mean):
-    """Sparse categorical accuracy over the photos that have a label (id >= 0): an unlabelled
-    photo is neither right nor wrong. 0 until some labelled photo has been seen."""
-
-    def __init__(self, name="accuracy", dtype=None):
-        super().__init__(name=name, dtype=dtype)
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        ids = tf.reshape(tf.cast(tf.round(tf.cast(y_true, tf.float32)), tf.int64), [-1])
-        predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int64)
-        matches = tf.cast(tf.equal(ids, predicted), tf.float32)
-        weight = tf.cast(ids >= 0, tf.float32)
-        if sample_weight is not None:
-            weight = weight * tf.reshape(tf.cast(sample_weight, tf.float32), tf.shape(weight))
-        return super().update_state(matches, sample_weight=weight)
 
 
 # ------------------------------------------------------------- camera notation (third stops)
@@ -287,36 +153,12 @@ def standard_texts(field: str) -> tuple[str, ...]:
     return tuple(_TEXT[field].format(name) for name in _STANDARD[field][1])
 
 
-def standard_values(field: str) -> np.ndarray:
-    """float64 [T]: the standard values as written (1/125 = 0.008 s, 5.6, 400), not 2^(k/3)."""
-    _check_field(field)
-    return np.array([_nominal(name) for name in _STANDARD[field][1]], np.float64)
-
-
 def _standard_index(stops, field: str) -> np.ndarray:
     """Index of the nearest standard value, by argmin of |stops - position| in float32 (the same
     arithmetic as the graph version, so both pick the same entry)."""
     s = np.asarray(stops, np.float32)
     distance = np.abs(s[..., None] - standard_positions(field))
     return np.argmin(np.where(np.isnan(distance), np.float32(np.inf), distance), axis=-1)
-
-
-class Standard(NamedTuple):
-    value: float  # as written: 0.008 for 1/125 s
-    text: str     # "1/125 s"
-    stops: float  # its exact position: -7.0
-
-
-def nearest_standard(value: float, field: str) -> Standard:
-    """The standard third-stop value nearest (in stops) to ``value`` (seconds / f-number / ISO),
-    as cameras write it: 0.0081 s -> 1/125 s, 0.75 s -> 0.8 s, f/5.7 -> f/5.6, ISO 3000 ->
-    ISO 3200. Raises ValueError for an unusable value (None, NaN, <= 0)."""
-    stops = value_to_stops(value, field)
-    if math.isnan(stops):
-        raise ValueError(f"no standard {field} value for {value!r}: expected a positive number")
-    index = int(_standard_index(stops, field))
-    return Standard(float(standard_values(field)[index]), standard_texts(field)[index],
-                    (_STANDARD[field][0] + index) / 3.0)
 
 
 def standard_text(stops, field: str):
@@ -396,24 +238,21 @@ def tf_exif_text(stops: Mapping[str, tf.Tensor], separator: str = ", ") -> tf.Te
     return tf.strings.join([tf_standard_text(stops[f], f) for f in fields], separator=separator)
 
 
-def tf_estimates(probabilities: Mapping[str, tf.Tensor]) -> dict:
+def tf_estimates(probabilities: Mapping[str, tf.Tensor],
+                 known_stops: Optional[Mapping[str, tf.Tensor]] = None) -> dict:
     """The serving outputs of the estimate: per field present (field -> probabilities [B, R])
     its setting (``exposure_time`` seconds, ``f_number``, ``iso``: float32 [B]) and
-    ``exif_text`` (string [B], e.g. ``1/125 s, f/5.6, ISO 400``). TensorFlow ops only."""
+    ``exif_text`` (string [B], e.g. ``1/125 s, f/5.6, ISO 400``). TensorFlow ops only.
+    ``known_stops`` (field -> float32 [B]) adds fields estimated in stops already (a regression
+    head's output)."""
     stops = {f: tf_expected_stops(p, f) for f, p in probabilities.items()}
+    stops.update(known_stops or {})
     out = {SETTINGS[f]: tf_stops_to_value(s, f) for f, s in stops.items()}
     out["exif_text"] = tf_exif_text(stops)
     return out
 
 
 # ------------------------------------------------------------------------------------ metrics
-
-def class_counts(class_ids, field: str) -> np.ndarray:
-    """int64 [R]: how many photos have each fine class of ``field`` (-1 ignored)."""
-    r = len(class_values(field))
-    ids = np.asarray(class_ids, np.int64).reshape(-1)
-    return np.bincount(ids[(ids >= 0) & (ids < r)], minlength=r).astype(np.int64)
-
 
 def majority_class(train_counts) -> int:
     """The training split's most frequent class (the first of equals): the constant answer every

@@ -25,7 +25,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from exif_keras.common import labels
+from exif_keras.common import files, labels
 from exif_keras.common.errors import ModelError
 from exif_keras.modeling import model as model_lib
 
@@ -66,6 +66,16 @@ def save_model_config(config: model_lib.ModelConfig, model_dir: str) -> str:
 def load_model_config(model_dir: str) -> model_lib.ModelConfig:
     with tf.io.gfile.GFile(path(model_dir, MODEL_CONFIG)) as f:
         return model_lib.config_from_json(f.read())
+
+
+def save_run_config(run_config: Mapping, model_dir: str) -> str:
+    """Writes ``model_dir/run_config.json`` atomically: "train" (the flat flag name -> value dict
+    of ``TrainConfig.to_flat``, as every run has stored it), "task"/"heads", "train_class_counts"
+    and the run's dtype policy; returns its path."""
+    tf.io.gfile.makedirs(model_dir)
+    target = path(model_dir, RUN_CONFIG)
+    files.write_json_atomic(target, dict(run_config))
+    return target
 
 
 # ------------------------------------------------------------------------------------ the heads

@@ -19,7 +19,8 @@ Decisions:
 * **Strategy** (``--strategy``, :func:`make_strategy`): ``default`` none; ``mirrored``
   ``MirroredStrategy`` over the GPUs (or the logical CPUs of ``--logical_cpus``);
   ``multi_worker`` ``MultiWorkerMirroredStrategy`` with the cluster and this task from the
-  ``TF_CONFIG`` environment variable (a clear error when it is missing or malformed); ``auto``
+  ``TF_CONFIG`` environment variable, read by TensorFlow's ``TFConfigClusterResolver`` (a clear
+  error when it is missing or malformed); ``auto``
   ``multi_worker`` when ``TF_CONFIG`` names a cluster of more than one task, else ``mirrored``
   when several GPUs are visible, else none.
 * **Chief and non-chief writes**, as TensorFlow's multi-worker Keras guide does: every worker runs
@@ -68,6 +69,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from exif_keras.common.errors import TrainError
+
 PRECISIONS = ("auto", "off", "on", "float16", "bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 POLICIES = {"off": "float32", "on": "mixed_float16", "float16": "mixed_float16",
@@ -76,7 +79,7 @@ BFLOAT16_MIN_COMPUTE_CAPABILITY = (8, 0)
 PATCH_ENV = "EXIF_KERAS_KERAS_PATCH"
 
 
-class DeviceError(ValueError):
+class DeviceError(TrainError):
     """A device or cluster setting the user can fix (the message says how)."""
 
 
@@ -126,10 +129,20 @@ def resolve_policy(mixed_precision: str,
 
 
 # -------------------------------------------------------------------------------------- cluster
+#
+# TensorFlow's TFConfigClusterResolver reads TF_CONFIG (the cluster and this task); what is kept
+# here is a thin check, because the resolver answers a malformed TF_CONFIG with a bare
+# JSONDecodeError, or not at all (a task outside its cluster fails later, inside the strategy).
 
-def read_tf_config(environ=None) -> Optional[dict]:
-    """TF_CONFIG as a dict, None when unset or empty; DeviceError when it is not valid JSON."""
-    text = (environ if environ is not None else os.environ).get("TF_CONFIG", "").strip()
+Resolver = tf.distribute.cluster_resolver.ClusterResolver
+TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+                     '"task": {"type": "worker", "index": 0}}\'')
+
+
+def cluster_resolver() -> Optional[Resolver]:
+    """TF_CONFIG's cluster and this task's place in it (a TFConfigClusterResolver), None when
+    TF_CONFIG is unset or empty; DeviceError when it is not a JSON object."""
+    text = os.environ.get("TF_CONFIG", "").strip()
     if not text:
         return None
     try:
@@ -138,42 +151,61 @@ def read_tf_config(environ=None) -> Optional[dict]:
         raise DeviceError(f"TF_CONFIG is not JSON ({e}): {text[:200]}") from e
     if not isinstance(config, dict):
         raise DeviceError(f"TF_CONFIG must be a JSON object, got: {text[:200]}")
-    return config
+    return tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
-def cluster_size(tf_config: Optional[dict]) -> int:
-    """Tasks of the training cluster (chief and workers) that TF_CONFIG names; 0 without one."""
-    if not tf_config:
-        return 0
-    cluster = tf_config.get("cluster") or {}
+def _cluster(resolver: Optional[Resolver]) -> dict:
+    """The resolver's cluster as {job: [addresses]}; {} without one."""
+    try:
+        return resolver.cluster_spec().as_dict() if resolver is not None else {}
+    except (TypeError, ValueError, AttributeError) as e:
+        raise DeviceError(f"TF_CONFIG's cluster is not {{job: [host:port, ...]}} ({e}); "
+                          f"e.g. {TF_CONFIG_EXAMPLE}") from e
+
+
+def cluster_size(resolver: Optional[Resolver]) -> int:
+    """Tasks of the training cluster (chief and workers); 0 without one."""
+    cluster = _cluster(resolver)
     return sum(len(cluster.get(job) or []) for job in ("chief", "worker"))
 
 
-def check_tf_config(tf_config: Optional[dict]) -> None:
+def check_cluster(resolver: Optional[Resolver]) -> None:
     """DeviceError unless TF_CONFIG describes a cluster and this task's place in it."""
-    example = ('TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
-               '"task": {"type": "worker", "index": 0}}\'')
-    if not tf_config:
+    if resolver is None:
         raise DeviceError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                          f"(the cluster and this worker's place in it), e.g. {example}; see the "
-                          "README's 'Training on several machines'")
-    cluster, task = tf_config.get("cluster"), tf_config.get("task")
-    if not isinstance(cluster, dict) or not cluster_size(tf_config):
-        raise DeviceError(f"TF_CONFIG has no cluster with a chief or workers: {tf_config}; "
-                          f"e.g. {example}")
-    if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise DeviceError(f"TF_CONFIG has no task {{\"type\": ..., \"index\": ...}}: {tf_config}")
-    members = cluster.get(task["type"]) or []
-    if not isinstance(task["index"], int) or not 0 <= task["index"] < len(members):
-        raise DeviceError(f"TF_CONFIG task {task} is not in its cluster {cluster}")
+                          f"(the cluster and this worker's place in it), e.g. "
+                          f"{TF_CONFIG_EXAMPLE}; see the README's 'Training on several machines'")
+    cluster = _cluster(resolver)
+    if not cluster_size(resolver):
+        raise DeviceError(f"TF_CONFIG has no cluster with a chief or workers: {cluster}; "
+                          f"e.g. {TF_CONFIG_EXAMPLE}")
+    try:
+        task_type, task_id = resolver.task_type, resolver.task_id
+    except (TypeError, ValueError):
+        task_type = task_id = None
+    if task_type is None or task_id is None:
+        raise DeviceError("TF_CONFIG has no task {\"type\": ..., \"index\": ...}: "
+                          f"{os.environ.get('TF_CONFIG', '')[:200]}")
+    if not 0 <= task_id < len(cluster.get(task_type) or []):
+        raise DeviceError(f"TF_CONFIG task {task_type}:{task_id} is not in its cluster {cluster}")
 
 
-def is_chief(task_type: Optional[str], task_id: Optional[int], cluster: Optional[dict]) -> bool:
+def is_chief(resolver: Optional[Resolver]) -> bool:
     """TensorFlow's rule: the 'chief' task, or worker 0 when the cluster has no chief; a process
-    outside any cluster is its own chief."""
+    outside any cluster (``None``, or a resolver without a task) is its own chief."""
+    task_type = resolver.task_type if resolver is not None else None
     if task_type is None or task_type == "chief":
         return True
-    return task_type == "worker" and task_id == 0 and "chief" not in (cluster or {})
+    return task_type == "worker" and resolver.task_id == 0 and "chief" not in _cluster(resolver)
+
+
+def chief_process() -> bool:
+    """This process is the chief of its TF_CONFIG cluster, or in none (a malformed TF_CONFIG
+    counts as none: the strategy reports it where it matters)."""
+    try:
+        return is_chief(cluster_resolver())
+    except (DeviceError, TypeError, ValueError):
+        return True
 
 
 def is_multi_worker(strategy) -> bool:
@@ -246,31 +278,31 @@ def split_cpu(count: int) -> None:
         raise DeviceError(f"--logical_cpus must be set before TensorFlow starts: {e}") from e
 
 
-def resolve_strategy_name(name: str, num_gpus: int, tf_config: Optional[dict]) -> str:
+def resolve_strategy_name(name: str, num_gpus: int, resolver: Optional[Resolver]) -> str:
     """``auto`` -> multi_worker (TF_CONFIG names several tasks), mirrored (several GPUs) or
     default; other names as they are."""
     if name not in STRATEGIES:
         raise DeviceError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
     if name != "auto":
         return name
-    if cluster_size(tf_config) > 1:
+    if cluster_size(resolver) > 1:
         return "multi_worker"
     return "mirrored" if num_gpus > 1 else "default"
 
 
-def make_strategy(name: str, environ=None):
+def make_strategy(name: str):
     """The tf.distribute strategy for ``--strategy`` (see the module docstring)."""
-    tf_config = read_tf_config(environ)
+    resolver = cluster_resolver()
     gpus = tf.config.list_physical_devices("GPU")
-    name = resolve_strategy_name(name, len(gpus), tf_config)
+    name = resolve_strategy_name(name, len(gpus), resolver)
     if name == "multi_worker":
-        check_tf_config(tf_config)
+        check_cluster(resolver)
         patch_keras_for_multi_worker()
         try:
-            return tf.distribute.MultiWorkerMirroredStrategy()
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         except (ValueError, RuntimeError) as e:
             raise DeviceError(f"cannot start MultiWorkerMirroredStrategy from TF_CONFIG "
-                              f"{tf_config}: {e}") from e
+                              f"{os.environ.get('TF_CONFIG', '')[:200]}: {e}") from e
     if name == "mirrored":
         if gpus:
             return tf.distribute.MirroredStrategy()
@@ -350,11 +382,11 @@ class Devices:
 
 
 def setup(mixed_precision: str = "auto", strategy: str = "auto", logical_cpus: int = 0,
-          environ=None, cpu_bfloat16: bool = False) -> Devices:
+          cpu_bfloat16: bool = False) -> Devices:
     """Logical CPUs, dtype policy and strategy, before any model is built."""
     split_cpu(logical_cpus)
     resolve_policy(mixed_precision)  # a bad value fails before anything starts
-    made = make_strategy(strategy, environ)  # first: MultiWorkerMirroredStrategy needs a fresh
+    made = make_strategy(strategy)  # first: MultiWorkerMirroredStrategy needs a fresh
     tpu = bool(tf.config.list_logical_devices("TPU"))  # runtime, and listing devices starts it
     policy = resolve_policy(mixed_precision, gpu_compute_capabilities(), tpu,
                             cpu_bfloat16=cpu_bfloat16 and bool(cpu_bfloat16_flags()))
@@ -363,9 +395,8 @@ def setup(mixed_precision: str = "auto", strategy: str = "auto", logical_cpus: i
     if is_multi_worker(made):
         resolver = made.cluster_resolver
         devices.task_type, devices.task_id = resolver.task_type, resolver.task_id
-        cluster = resolver.cluster_spec().as_dict()
-        devices.num_workers = sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
-        devices.chief = is_chief(devices.task_type, devices.task_id, cluster)
+        devices.num_workers = cluster_size(resolver)
+        devices.chief = is_chief(resolver)
     logging.info("Devices: %d GPU(s); dtype policy %s; strategy %s with %d replica(s)%s",
                  len(tf.config.list_physical_devices("GPU")), policy, type(made).__name__,
                  made.num_replicas_in_sync,

@@ -1,5 +1,5 @@
-"""Evaluation: predictions over a split, confusion matrices, per-class accuracy, and their pictures
-(a PNG beside metrics.json, the same image in TensorBoard)."""
+"""Evaluation: predictions over a split, confusion matrices, per-class accuracy, the metrics in
+stops, and the plain text table of the results (their pictures are common/figures.py's)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import weakref
 from typing import Optional, Sequence
 
 import numpy as np
-
 
 _FORWARD = weakref.WeakKeyDictionary()  # model -> its compiled inference function
 
@@ -122,20 +121,6 @@ def per_class_accuracy(matrix: np.ndarray) -> list:
 def accuracy(matrix: np.ndarray) -> float:
     total = matrix.sum()
     return float(np.trace(matrix) / total) if total else float("nan")
-
-
-def render_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
-                            title: str = "") -> np.ndarray:
-    """The confusion matrix as an RGB uint8 image (see figures.confusion_matrix_figure)."""
-    from exif_keras.common import figures
-
-    return figures.confusion_matrix_figure(matrix, class_names, title)
-
-
-def save_png(array: np.ndarray, path: str) -> None:
-    from exif_keras.common import figures
-
-    figures.save_png(array, path)
 
 
 def format_table(rows: Sequence[Sequence], header: Sequence[str]) -> str:
