@@ -1,4 +1,4 @@
-"""A run folder and an export written before the house rebuild (tests/data/legacy_v0_1, commit
+"""A run folder and an export written before the house rebuild (tests/fixtures/legacy_v0_1, commit
 e303c1b) still load: predict reads the old export and gives the answer it gave then, and the
 old run folder exports again to a model that gives that same answer."""
 
@@ -14,7 +14,7 @@ import pytest
 from exif_keras.serving import exporter
 from exif_keras.serving.predictor import Predictor
 
-LEGACY = pathlib.Path(__file__).parent / "data" / "legacy_v0_1"
+LEGACY = pathlib.Path(__file__).parent / "fixtures" / "legacy_v0_1"
 NAMES = ("binary_shutter", "joint_fine")
 
 

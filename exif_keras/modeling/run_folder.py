@@ -78,6 +78,21 @@ def save_run_config(run_config: Mapping, model_dir: str) -> str:
     return target
 
 
+def run_config(heads, train: Mapping, **extra) -> dict:
+    """What run_config.json holds: "train" (the flat flag name -> value dict), "heads" (a
+    TaskSpec's JSON per output), "task" (the first head, which runs before joint models stored
+    alone), and ``extra`` (e.g. "train_class_counts", "dtype_policy")."""
+    return {"train": dict(train), "task": heads[0].to_json(),
+            "heads": [h.to_json() for h in heads], **extra}
+
+
+def save(model_dir: str, model_config: model_lib.ModelConfig, heads, train: Mapping,
+         **extra) -> None:
+    """Writes a run's two configuration files: model_config.json and run_config.json."""
+    save_model_config(model_config, model_dir)
+    save_run_config(run_config(heads, train, **extra), model_dir)
+
+
 # ------------------------------------------------------------------------------------ the heads
 
 def task_from_json(task: Mapping) -> labels.TaskSpec:

@@ -474,16 +474,13 @@ def train(config: TrainConfig, extra_callbacks: Sequence = (),
     except ValueError as e:  # an impossible combination of flags (e.g. a patch too small)
         raise TrainError(str(e)) from e
     os.makedirs(out_dir, exist_ok=True)
-    run_folder.save_model_config(model_config, out_dir)
-    run_folder.save_run_config({
-        "train": config.to_flat(), "task": heads[0].to_json(),
-        "heads": [h.to_json() for h in heads], "mixed_precision": mixed,
+    run_folder.save(
+        out_dir, model_config, heads, config.to_flat(), mixed_precision=mixed,
         # for the export: predict measures estimates against the training split's majority class
-        "train_class_counts": {h.name: _train_class_counts(manifest, h.field)
-                               for h in heads if h.task == "fine"},
-        "dtype_policy": dev.policy,
-        "data_manifest": os.path.abspath(os.path.join(config.data.data_dir, "manifest.json"))},
-        out_dir)
+        train_class_counts={h.name: _train_class_counts(manifest, h.field)
+                            for h in heads if h.task == "fine"},
+        dtype_policy=dev.policy,
+        data_manifest=os.path.abspath(os.path.join(config.data.data_dir, "manifest.json")))
 
     inputs = _Inputs(config, counts, dev)
     with strategy.scope():

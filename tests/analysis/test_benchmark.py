@@ -19,7 +19,7 @@ import pytest
 
 from exif_keras.analysis import benchmarks, timing
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 EXPORT_AVAILABLE = benchmarks.exporter is not None
 
 

@@ -31,7 +31,7 @@ beam = pytest.importorskip(
     "installs it)")
 from exif_keras.records import beam_runner  # noqa: E402 (after the importorskip)
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpora" / "real-exif"
 DIRECT = ["--runner=DirectRunner", "--direct_num_workers=2"]
 TIMINGS = ("seconds", "images_per_second")

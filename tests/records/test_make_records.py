@@ -28,7 +28,7 @@ from exif_keras.records import convert, features, sources, writer
 
 import mirflickr_fixtures as mf
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpora" / "real-exif"
 needs_corpus = pytest.mark.skipif(
     not (CORPUS / "exiftool.tsv").exists(),

@@ -23,20 +23,19 @@ from exif_keras import train
 from exif_keras.data import pipeline
 from exif_keras.modeling import model as model_lib
 from exif_keras.modeling import run_folder
-from exif_keras.records import sample, writer
+from exif_keras.records import writer
 from exif_keras.serving import exporter, signature
 from exif_keras.training import config as config_lib
 from exif_keras.training import devices, trainer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory):
+def records(sample_photos, tmp_path_factory):
     """~48 sample images in several training shards (shard_size 8: 5 train shards)."""
     root = tmp_path_factory.mktemp("devices_data")
-    sample.generate_sample(str(root / "sample"), count=48, seed=3, workers=2, progress=False)
-    writer.run(str(root / "sample"), str(root / "records"), workers=2, progress=False,
+    writer.run(str(sample_photos), str(root / "records"), workers=2, progress=False,
                shard_size=8)
     return root / "records"
 

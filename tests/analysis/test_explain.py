@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 
 import keras
@@ -28,9 +27,8 @@ def make_run(model_dir: str, **overrides) -> model_lib.ModelConfig:
         backbone="scratch", backbone_weights=None, filters=F, dense_units=16, scratch_width_divisor=8), **overrides})
     os.makedirs(model_dir, exist_ok=True)
     run_folder.save_model_config(config, model_dir)
-    with open(os.path.join(model_dir, run_folder.RUN_CONFIG), "w") as f:
-        json.dump({"train": {"field": "shutter", "task": "binary"},
-                   "task": labels.task_spec("shutter", "binary").to_json()}, f)
+    run_folder.save_run_config(run_folder.run_config(
+        [labels.task_spec("shutter", "binary")], {"field": "shutter", "task": "binary"}), model_dir)
     keras.utils.set_random_seed(4)
     model = model_lib.build_model(config)
     # moving statistics that amplify (random weights with 0/1 statistics fade to zero features)

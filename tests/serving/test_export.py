@@ -42,7 +42,7 @@ from image_bombs import jpeg_header_bomb, png_header_bomb
 K, P = 2, 32   # patches per image, patch size: tiny keeps the tests fast
 FIELD, TASK = "shutter", "binary"
 PY_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REAL_EXIF = os.path.join(os.path.dirname(REPO), "shared", "corpora", "real-exif")
 SAVED_MODEL_CLI = os.path.join(REPO, ".venv", "bin", "saved_model_cli")
 
@@ -59,8 +59,8 @@ def make_run(model_dir: str, seed: int = 1) -> keras.Model:
     config = tiny_config()
     run_folder.save_model_config(config, model_dir)
     task = labels.task_spec(FIELD, TASK)
-    with open(os.path.join(model_dir, run_folder.RUN_CONFIG), "w") as f:
-        json.dump({"train": {"field": FIELD, "task": TASK}, "task": task.to_json()}, f)
+    run_folder.save_run_config(run_folder.run_config([task], {"field": FIELD, "task": TASK}),
+                               model_dir)
     keras.utils.set_random_seed(seed)
     model = model_lib.build_model(config)
     # Non-trivial BatchNorm statistics, so that inference mode matters.

@@ -35,11 +35,9 @@ def make_joint_run(model_dir: str) -> keras.Model:
         heads=tuple(model_lib.HeadConfig(h.name, h.num_classes) for h in heads), num_patches=K,
         patch_size=P, backbone="scratch", backbone_weights=None, filters=4, dense_units=8)
     run_folder.save_model_config(config, model_dir)
-    with open(os.path.join(model_dir, run_folder.RUN_CONFIG), "w") as f:
-        json.dump({"train": {"field": "all", "task": "fine"}, "task": heads[0].to_json(),
-                   "heads": [h.to_json() for h in heads],
-                   "train_class_counts": {"shutter": SHUTTER_COUNTS,
-                                          "aperture": APERTURE_COUNTS}}, f)
+    run_folder.save_run_config(run_folder.run_config(
+        heads, {"field": "all", "task": "fine"},
+        train_class_counts={"shutter": SHUTTER_COUNTS, "aperture": APERTURE_COUNTS}), model_dir)
     keras.utils.set_random_seed(4)
     model = model_lib.build_model(config)
     model.save_weights(os.path.join(model_dir, run_folder.BEST_WEIGHTS))

@@ -28,10 +28,10 @@ from exif_keras.common.exif import (
     read_exif_text_file,
 )
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import mirflickr_fixtures as fx  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpora" / "real-exif"
 
 REL = 1e-3

@@ -24,7 +24,7 @@ from image_bombs import jpeg_header_bomb, png_header_bomb
 
 K, P = 2, 32
 FIELD, TASK = "shutter", "binary"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REAL_EXIF = os.path.join(os.path.dirname(REPO), "shared", "corpora", "real-exif")
 NAMES = labels.task_spec(FIELD, TASK).class_names   # ("fast: ...", "slow: ...")
 
@@ -34,9 +34,8 @@ def make_run(model_dir: str) -> None:
     config = model_lib.ModelConfig(heads=(model_lib.HeadConfig(FIELD, 2),), num_patches=K, patch_size=P, backbone="scratch",
                                    backbone_weights=None, filters=4, dense_units=8)
     run_folder.save_model_config(config, model_dir)
-    with open(os.path.join(model_dir, run_folder.RUN_CONFIG), "w") as f:
-        json.dump({"train": {"field": FIELD, "task": TASK},
-                   "task": labels.task_spec(FIELD, TASK).to_json()}, f)
+    run_folder.save_run_config(run_folder.run_config(
+        [labels.task_spec(FIELD, TASK)], {"field": FIELD, "task": TASK}), model_dir)
     keras.utils.set_random_seed(2)
     model_lib.build_model(config).save_weights(os.path.join(model_dir, run_folder.BEST_WEIGHTS))
 

@@ -17,21 +17,17 @@ import pytest
 from exif_keras import train
 from exif_keras.common import stops
 from exif_keras.modeling import run_folder
-from exif_keras.records import sample, writer
 from exif_keras.training import config as config_lib
 from exif_keras.training import trainer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory):
+def records(sample_records):
     """~48 sample images converted to records (the same path as `make demo`, only smaller)."""
-    root = tmp_path_factory.mktemp("train_data")
-    sample.generate_sample(str(root / "sample"), count=48, seed=3, workers=2, progress=False)
-    writer.run(str(root / "sample"), str(root / "records"), workers=2, progress=False)
-    return root / "records"
+    return sample_records
 
 
 def tiny_config(records, model_dir, **overrides) -> config_lib.TrainConfig:

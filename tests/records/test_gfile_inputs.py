@@ -27,7 +27,7 @@ from exif_keras.records import convert, features, sources, writer
 
 import mirflickr_fixtures as mf
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 IN_MEMORY_BEAM = ["--runner=DirectRunner", "--direct_num_workers=1",
                   "--direct_running_mode=in_memory"]
 

@@ -21,7 +21,7 @@ from PIL import Image
 from exif_keras import study
 from exif_keras.analysis import studies
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
