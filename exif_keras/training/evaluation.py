@@ -53,10 +53,10 @@ def classification_results(labels: np.ndarray, probabilities: np.ndarray) -> dic
 def binary_threshold(field: str) -> float:
     """The paper's binary grouping as a threshold in stops: halfway across the classes it leaves
     out (shutter: between 1/250 s and 1/30 s), so a regression is read as "fast" or "slow"."""
-    from exif_keras.common import labels as labels_lib
+    from exif_keras.common import labels
 
-    groups = labels_lib.field_spec(field).binary_groups
-    values = labels_lib.class_stops(field)
+    groups = labels.field_spec(field).binary_groups
+    values = labels.class_stops(field)
     return (values[max(groups[0])] + values[min(groups[1])]) / 2.0
 
 
@@ -67,15 +67,14 @@ def regression_results(field: str, true_stops: np.ndarray, predicted_stops: np.n
     the binary grouping obtained by thresholding the prediction (:func:`binary_threshold`), over
     the examples whose true value falls in one of the two groups, so a regression row sits in the
     same table as the binary classifiers."""
-    from exif_keras.common import labels as labels_lib
-    from exif_keras.common import stops
+    from exif_keras.common import labels, stops
 
     true_stops = np.asarray(true_stops, np.float64)
     predicted_stops = np.asarray(predicted_stops, np.float64)
     known = np.isfinite(true_stops)
     out = stops.regression_metrics(predicted_stops[known], true_stops[known], train_mean)
-    groups = labels_lib.field_spec(field).binary_groups
-    values = np.asarray(labels_lib.class_stops(field))
+    groups = labels.field_spec(field).binary_groups
+    values = np.asarray(labels.class_stops(field))
     low, high = values[max(groups[0])], values[min(groups[1])]
     in_groups = known & ((true_stops <= low + 0.5) | (true_stops >= high - 0.5))
     threshold = binary_threshold(field)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from exif_keras import explain
-from exif_keras.analysis import explainer as explainer_lib
+from exif_keras.analysis import explainer
 from exif_keras.common import labels
 from exif_keras.modeling import model as model_lib
 from exif_keras.modeling import run_folder
@@ -56,45 +56,45 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def explainer(run_dir):
-    return explainer_lib.Explainer.load(run_dir)
+def taken_apart(run_dir):
+    return explainer.Explainer.load(run_dir)
 
 
-def test_per_patch_features_average_to_the_models_mean_over_patches(explainer):
+def test_per_patch_features_average_to_the_models_mean_over_patches(taken_apart):
     image = np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)
-    patches, boxes = explainer.patches(image)
+    patches, boxes = taken_apart.patches(image)
     assert patches.shape == (K, P, P, 3) and len(boxes) == K
-    features = explainer.features(patches)
+    features = taken_apart.features(patches)
     assert features.shape == (K, 16)
     assert np.std(features, axis=0).max() > 1e-3, "patches must give different features"
-    np.testing.assert_allclose(features.mean(axis=0), explainer.mean_features(patches),
+    np.testing.assert_allclose(features.mean(axis=0), taken_apart.mean_features(patches),
                                rtol=1e-4, atol=1e-5)
     # the layers after the mean, applied to the mean, are the model's own prediction
-    whole = explainer.predict(patches)["shutter"]
-    from_mean = explainer.predict_from_features(features.mean(axis=0, keepdims=True))["shutter"]
+    whole = taken_apart.predict(patches)["shutter"]
+    from_mean = taken_apart.predict_from_features(features.mean(axis=0, keepdims=True))["shutter"]
     np.testing.assert_allclose(from_mean[0], whole, rtol=1e-4, atol=1e-6)
     # and each patch alone gets its own, valid, distribution
-    per_patch = explainer.predict_from_features(features)["shutter"]
+    per_patch = taken_apart.predict_from_features(features)["shutter"]
     assert per_patch.shape == (K, 2)
     np.testing.assert_allclose(per_patch.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_boxes_are_the_evaluation_grid_on_the_photo(explainer):
+def test_boxes_are_the_evaluation_grid_on_the_photo(taken_apart):
     image = np.random.default_rng(1).integers(0, 256, (70, 100, 3), dtype=np.uint8)
-    patches, boxes = explainer.patches(image)
+    patches, boxes = taken_apart.patches(image)
     for patch, (y, x, size) in zip(patches, boxes):
         assert size == P and 0 <= y <= 70 - P and 0 <= x <= 100 - P
         np.testing.assert_array_equal(patch, image[y:y + P, x:x + P])
     small = np.full((20, 25, 3), 200, np.uint8)  # smaller than a patch: zero-padded around
-    patches, boxes = explainer.patches(small)
+    patches, boxes = taken_apart.patches(small)
     y, x, _ = boxes[0]
     assert (y, x) == (-6, -3)
     np.testing.assert_array_equal(patches[0][6:26, 3:28], small)
 
 
-def test_explanation_picks_the_patch_that_speaks_most(explainer):
+def test_explanation_picks_the_patch_that_speaks_most(taken_apart):
     image = np.random.default_rng(2).integers(0, 256, (64, 96, 3), dtype=np.uint8)
-    e = explainer.explain(image)
+    e = taken_apart.explain(image)
     assert e.predicted == int(np.argmax(e.whole["shutter"]))
     assert e.best_patch == int(np.argmax(e.per_patch["shutter"][:, e.predicted]))
     assert e.activations.shape == (P // 4, P // 4, F)  # head_conv1 after two 2x2 pools
@@ -111,16 +111,16 @@ def test_dict_outputs_one_per_field():
     outputs = {"shutter": keras.layers.Dense(2, activation="softmax", name="shutter")(relu),
                "iso": keras.layers.Dense(5, activation="softmax", name="iso")(relu)}
     model = keras.Model(base.input, outputs)
-    explainer = explainer_lib.Explainer(model, {"shutter": NAMES}, 2, P)
-    assert sorted(explainer.fields) == ["iso", "shutter"]
-    assert explainer.class_names["iso"] == [f"class {i}" for i in range(5)]
+    taken_apart = explainer.Explainer(model, {"shutter": NAMES}, 2, P)
+    assert sorted(taken_apart.fields) == ["iso", "shutter"]
+    assert taken_apart.class_names["iso"] == [f"class {i}" for i in range(5)]
     image = np.random.default_rng(3).integers(0, 256, (40, 80, 3), dtype=np.uint8)
-    e = explainer.explain(image, field="iso")
+    e = taken_apart.explain(image, field="iso")
     assert e.per_patch["iso"].shape == (2, 5) and e.per_patch["shutter"].shape == (2, 2)
     np.testing.assert_allclose(e.features.mean(axis=0),
-                               explainer.mean_features(e.patches), rtol=1e-4, atol=1e-5)
-    with pytest.raises(explainer_lib.ExplainError, match="predicts"):
-        explainer.explain(image, field="aperture")
+                               taken_apart.mean_features(e.patches), rtol=1e-4, atol=1e-5)
+    with pytest.raises(explainer.ExplainError, match="predicts"):
+        taken_apart.explain(image, field="aperture")
 
 
 def test_title_names_the_most_probable_classes_first():
@@ -128,9 +128,9 @@ def test_title_names_the_most_probable_classes_first():
     names = [f"c{i}" for i in range(20)]
     probabilities = np.full(20, 0.01)
     probabilities[[7, 3, 12, 5, 9]] = [0.33, 0.28, 0.10, 0.05, 0.04]
-    assert explainer_lib.top_classes(names, probabilities) == (
+    assert explainer.top_classes(names, probabilities) == (
         "c7 0.33, c3 0.28, c12 0.10, c5 0.05, 16 more classes")
-    assert explainer_lib.top_classes(["fast", "slow"], [0.2, 0.8]) == "slow 0.80, fast 0.20"
+    assert explainer.top_classes(["fast", "slow"], [0.2, 0.8]) == "slow 0.80, fast 0.20"
 
 
 def test_cli_writes_readable_pngs_and_skips_bad_files(run_dir, tmp_path, capsys):
@@ -142,7 +142,7 @@ def test_cli_writes_readable_pngs_and_skips_bad_files(run_dir, tmp_path, capsys)
     (photos / "c_truncated.jpg").write_bytes(good[: len(good) // 3])
     (photos / "d_notes.jpg").write_bytes(b"not a photo")
     out = tmp_path / "out"
-    written, failed = explainer_lib.run([str(photos), str(tmp_path / "missing.jpg")], run_dir, str(out))
+    written, failed = explainer.run([str(photos), str(tmp_path / "missing.jpg")], run_dir, str(out))
     assert sorted(os.path.basename(p) for p in written) == ["a.png", "b.png"]
     for path in written:
         with Image.open(path) as image:
@@ -157,13 +157,13 @@ def test_cli_writes_readable_pngs_and_skips_bad_files(run_dir, tmp_path, capsys)
 
 
 def test_usage_errors(run_dir, tmp_path):
-    with pytest.raises(explainer_lib.ExplainError, match="does not exist"):
-        explainer_lib.Explainer.load(str(tmp_path / "nothing"))
+    with pytest.raises(explainer.ExplainError, match="does not exist"):
+        explainer.Explainer.load(str(tmp_path / "nothing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(explainer_lib.ExplainError, match="not a finished training run"):
-        explainer_lib.Explainer.load(str(tmp_path / "empty"))
-    with pytest.raises(explainer_lib.ExplainError, match="no such layer"):
-        explainer_lib.Explainer.load(run_dir, layer="conv_nowhere")
+    with pytest.raises(explainer.ExplainError, match="not a finished training run"):
+        explainer.Explainer.load(str(tmp_path / "empty"))
+    with pytest.raises(explainer.ExplainError, match="no such layer"):
+        explainer.Explainer.load(run_dir, layer="conv_nowhere")
 
 
 def test_main_exit_status(run_dir, tmp_path, capsys):

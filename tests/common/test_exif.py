@@ -17,7 +17,7 @@ import sys
 import pytest
 from PIL import Image
 
-from exif_keras.common import exif
+from exif_keras.common import exif as exif_lib
 from exif_keras.common.exif import (
     ExifReading,
     Settings,
@@ -333,7 +333,7 @@ def test_unknown_variant():
 def test_label_aliases(label, field):
     reading = parse_exif_text(f"{label}\n4\n", variant="raw")
     assert getattr(reading, field) == 4.0
-    others = [name for name in exif.FIELDS if name != field]
+    others = [name for name in exif_lib.FIELDS if name != field]
     assert all(getattr(reading, name) is None for name in others)
 
 

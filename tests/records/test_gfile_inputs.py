@@ -22,7 +22,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image, TiffImagePlugin
 
-from exif_keras.common import exif, files
+from exif_keras.common import exif as exif_lib
+from exif_keras.common import files
 from exif_keras.records import convert, features, sources, writer
 
 import mirflickr_fixtures as mf
@@ -212,7 +213,7 @@ def test_missing_and_unreadable_inputs_on_ram(tmp_path):
     result = convert.convert_item(item, convert.Options())
     assert result.skip_reason == "unreadable"
     assert result.detail.startswith("FileNotFoundError: ") and "gone.jpg" in result.detail
-    assert exif.read_exif_text_file(top + "/exif1.txt").problems == ["text:missing"]
+    assert exif_lib.read_exif_text_file(top + "/exif1.txt").problems == ["text:missing"]
     with pytest.raises(OSError):
         files.read_bytes(top + "/empty")
 
