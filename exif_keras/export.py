@@ -1,6 +1,6 @@
 r"""Export for TensorFlow Serving: python -m exif_keras.export --model_dir=runs/<field>
                                     [--export_dir=models/exif_<field>] [--version=N]
-                                    [--max_pixels=64000000]
+                                    [--max_pixels=64000000] [--interval=0.8]
 
 Writes one SavedModel version folder (``<export_dir>/<version>``) that TensorFlow Serving loads
 as it is, and rewrites ``models.config`` beside the model folders. What is written and why:
@@ -45,6 +45,15 @@ _EXPORT_PRECISION = flags.DEFINE_enum(
     "Compute precision of the exported model: float32 (serves anywhere) or bfloat16/float16 "
     "(mixed: float32 variables and outputs) for hardware that computes those faster.")
 
+_INTERVAL = flags.DEFINE_float(
+    "interval", None,
+    "Fine heads: the coverage of the served intervals (<field>_low, <field>_high, "
+    "exif_range_text), each the shortest run of classes holding a share of the calibrated "
+    "probability. Default: the run's (train --interval, 0.8), served with the mass level per field "
+    "that training fitted on the validation split to cover it; another value is used as the mass "
+    "level itself. Recorded in assets.extra/exif_keras.json.", lower_bound=1e-6, upper_bound=1.0,
+    allow_override=True)
+
 
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
@@ -57,7 +66,8 @@ def main(argv: Sequence[str]) -> int:
         path = exporter.export_model(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value,
                                      serving_base_path=_SERVING_BASE_PATH.value,
                                      max_pixels=_MAX_PIXELS.value,
-                                     precision=_EXPORT_PRECISION.value)
+                                     precision=_EXPORT_PRECISION.value,
+                                     interval=_INTERVAL.value)
     except exporter.ExportError as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2

@@ -21,12 +21,20 @@ predicted and, when some had EXIF, how many predictions agree with it, per class
 "class_id", "class_name", "agrees"}`` with null class/agrees when the value is outside the
 task's classes), then one last line ``{"summary": {...}}``.
 
-A fine or joint model (``models/exif_all``) prints the estimated settings instead, each beside
-the photo's own EXIF value and the error in stops (``photo.jpg  1/125 s  f/5.6  ISO 400  | EXIF
-1/250 s: shutter +1.0 stops``); the summary gives per field the photos with EXIF, the MAE in
-stops, the MAE of always answering the training split's most frequent class (the bar an
-estimate must clear; recorded in exif_keras.json by exports of runs trained since it was added),
-the within-one-stop rate and the binary agreement.
+A fine or joint model (``models/exif_all``) prints the estimated settings instead, each with
+its interval (the shortest run of classes holding the export's ``interval``, 80% by default, of
+the calibrated probability; exports made before intervals show none) and beside the photo's own
+EXIF value, the error in stops and whether the value lies inside the interval, then the EXIF
+consistency verdict (``photo.jpg  1/125 s (1/250-1/30 s)  f/5.6 (f/4-8)  ISO 400 (ISO 200-800)
+| EXIF 1/250 s: shutter +1.0 stops, inside  | consistent (score 1.9)``: ``unlikely`` when the
+calibrated probability of a claimed value's class is below ``--consistency_threshold``, default
+0.05; the score is the sum of -log p over the fields checked). The summary gives per field the
+photos with EXIF, the MAE in stops, the MAE of always answering the training split's most
+frequent class (the bar an estimate must clear; recorded in exif_keras.json by exports of runs
+trained since it was added), the within-one-stop rate, the binary agreement, the share of EXIF
+values inside their interval and the claims flagged unlikely. ``--json`` carries each photo's
+``estimate.<field>.interval``, ``exif.<field>.in_interval`` and ``consistency``, and the
+summary's.
 
 A file that cannot be read or decoded is reported on stderr with the reason and skipped; the
 others still run (a batch that fails is retried photo by photo). A photo whose header gives more
@@ -44,6 +52,7 @@ from typing import Sequence
 
 from absl import app, flags
 
+from exif_keras.common import stops
 from exif_keras.serving import predictor
 
 # allow_override on the names other commands define too (export, train, benchmark): a run loads
@@ -59,6 +68,11 @@ _BATCH_SIZE = flags.DEFINE_integer(
     allow_override=True)
 _JSON = flags.DEFINE_boolean(
     "json", False, "One JSON object per line (photos, then a summary) instead of text.")
+_CONSISTENCY_THRESHOLD = flags.DEFINE_float(
+    "consistency_threshold", stops.DEFAULT_CONSISTENCY_THRESHOLD,
+    "Fine models: a photo's claimed EXIF value whose class has a calibrated probability below "
+    "this is flagged unlikely (the consistency check).", lower_bound=1e-9, upper_bound=1.0,
+    allow_override=True)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -67,7 +81,7 @@ def main(argv: Sequence[str]) -> int:
               file=sys.stderr)
         return 2
     return predictor.run(list(argv[1:]), _MODEL.value, _VERSION.value, _BATCH_SIZE.value,
-                         _JSON.value)
+                         _JSON.value, consistency_threshold=_CONSISTENCY_THRESHOLD.value)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def export_run(config: config_lib.TrainConfig, model_dir: str, model=None) -> st
 
     export_dir = config.runtime.export_dir or os.path.join(
         "models", run_folder.MODEL_NAME_PREFIX + labels.fields_name(config.field))
-    return exporter.export_model(model_dir, export_dir, model=model)
+    return exporter.export_model(model_dir, export_dir, model=model,
+                                 interval=config.calibration.interval)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -18,7 +18,8 @@ import sys
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "exif_keras"
 # Lower to higher: data flows from photos to records, batches, a model, training, serving, analysis.
 STAGES = ("common", "records", "data", "modeling", "training", "serving", "analysis")
-COMMANDS = ("make_records", "train", "export", "predict", "explain", "study", "benchmark")
+COMMANDS = ("make_records", "train", "export", "predict", "explain", "study", "benchmark",
+            "serve")
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -164,3 +165,21 @@ def test_importing_a_library_module_defines_no_flag():
     assert out.returncode == 0, out.stderr[-3000:]
     defined = json.loads(out.stdout.strip().splitlines()[-1])
     assert defined == {}, f"library modules that define absl flags when imported: {defined}"
+
+
+def test_each_module_has_one_name_wherever_it_is_imported():
+    """`from exif_keras.modeling import model as model_lib` everywhere, never `as exif_model`
+    in one file and `as model` in another: a reader learns each name once."""
+    names: dict[str, set[str]] = {}
+    modules = set(all_modules())
+    files = list(PACKAGE.rglob("*.py")) + list((PACKAGE.parent / "tests").rglob("*.py"))
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("exif_keras"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    if full in modules:  # a module, not a function or class
+                        names.setdefault(full, set()).add(alias.asname or alias.name)
+    several = {module: sorted(spellings) for module, spellings in names.items()
+               if len(spellings) > 1}
+    assert not several, f"modules imported under several names: {several}"

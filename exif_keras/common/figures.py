@@ -278,3 +278,48 @@ def study_figure(series: Sequence[StudySeries], axis_name: str, png_path: str,
         ax.set_title(title, fontsize=9)
     figure.tight_layout()
     return save_figure(figure, png_path)
+
+
+# -------------------------------------------------------------------------- reliability diagram
+
+def reliability_diagram(before: Mapping, after: Mapping, title: str = "") -> np.ndarray:
+    """Reliability diagrams of one head before and after calibration, side by side, as an RGB
+    uint8 image: per equal-width confidence bin the accuracy (bars) against the diagonal of
+    perfect calibration, the bin counts beneath, the ECE in each title. ``before``/``after``:
+    ``training.calibration.reliability`` tables with an ``ece`` (None: no labelled photo) and a
+    ``label`` (e.g. "before (T = 1)")."""
+    figure = new_figure(8.0, 4.6)
+    grid = figure.add_gridspec(2, 2, height_ratios=(3, 1), hspace=0.08)
+    for column, table in enumerate((before, after)):
+        edges = np.asarray(table["edges"], np.float64)
+        width = edges[1] - edges[0]
+        centres = edges[:-1] + width / 2
+        counts = np.asarray(table["count"], np.int64)
+        accuracy = np.array([np.nan if a is None else a for a in table["accuracy"]])
+        confidence = np.array([np.nan if c is None else c for c in table["confidence"]])
+        top = figure.add_subplot(grid[0, column])
+        top.bar(centres, np.nan_to_num(accuracy), width=width * 0.95, color=VALIDATION_COLOR,
+                edgecolor="black", linewidth=0.4, label="accuracy")
+        top.plot(centres, confidence, "o", color=TEST_COLOR, markersize=3,
+                 label="mean confidence")
+        top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_xticklabels([])
+        ece = table.get("ece")
+        top.set_title(f"{table.get('label', '')}: ECE {'n/a' if ece is None else f'{ece:.3f}'}",
+                      fontsize=9)
+        if column == 0:
+            top.set_ylabel("accuracy")
+            top.legend(fontsize=7, loc="upper left")
+        bottom = figure.add_subplot(grid[1, column])
+        bottom.bar(centres, counts, width=width * 0.95, color="gray")
+        bottom.set_xlim(0, 1)
+        bottom.set_xlabel("top-class confidence")
+        if column == 0:
+            bottom.set_ylabel("photos")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.subplots_adjust(left=0.08, right=0.98, top=0.86 if title else 0.92, bottom=0.11,
+                           wspace=0.18)
+    return figure_to_array(figure)

@@ -30,7 +30,11 @@ Serving cannot run Python):
     third-stop value (``standard_text``, ``exif_text``:
     ``1/125 s, f/5.6, ISO 400``);
   * metrics in stops (``field_metrics``, ``regression_metrics``) and the signed error of an
-    estimate against a photo's own EXIF (``stop_error``, ``format_stop_error``).
+    estimate against a photo's own EXIF (``stop_error``, ``format_stop_error``);
+  * intervals: the shortest run of classes holding a share of the calibrated probability
+    (``interval_classes``, ``interval_values``, ``interval_text``, ``in_interval``,
+    ``interval_metrics``; graph: ``tf_intervals``), and the EXIF consistency check
+    (``claimed_class``, ``consistency``).
 """
 
 from __future__ import annotations
@@ -358,3 +362,265 @@ def format_stop_error(field: str, error: Optional[float]) -> str:
         return f"{field}: no EXIF"
     rounded = round(float(error), 1)
     return f"{field} {'0.0' if rounded == 0 else f'{rounded:+.1f}'} stops"
+
+
+# ------------------------------------------------------------- intervals (fine classes, numpy)
+#
+# An interval is the shortest run of consecutive fine classes whose (calibrated) probabilities add
+# up to at least ``mass``; among runs of that length the one of the largest mass, then the lowest.
+# Masses within INTERVAL_TOLERANCE count as equal, so float32 rounding (a softmax summing to
+# 0.99999994, a cumulative sum in another order) neither misses a run nor changes the choice
+# between numpy and the graph. Its ends in the field's units are the class edges, half a stop
+# below the first class and half a stop above the last (each class is one stop wide), so an
+# interval of n classes is n stops wide.
+
+INTERVAL_TOLERANCE = 1e-6
+DEFAULT_INTERVAL = 0.8
+
+
+def _check_mass(mass: float) -> float:
+    if not 0.0 < float(mass) <= 1.0:
+        raise ValueError(f"an interval's probability mass must be in (0, 1], got {mass}")
+    return float(mass)
+
+
+def interval_classes(probabilities, mass: float = DEFAULT_INTERVAL):
+    """(lo, hi): the first and last fine class of the shortest run of consecutive classes holding
+    at least ``mass`` of the probability (see above). [N, R] in: two int64 [N] arrays; one [R]
+    vector in: two ints."""
+    mass = _check_mass(mass)
+    p = np.asarray(probabilities, np.float32)
+    single = p.ndim == 1
+    p = np.atleast_2d(p)
+    n, r = p.shape
+    sums = np.concatenate([np.zeros((n, 1), np.float32), np.cumsum(p, axis=-1, dtype=np.float32)],
+                          axis=-1)
+    window = sums[:, None, 1:] - sums[:, :-1, None]          # [N, lo, hi]: mass of lo..hi
+    lo_index, hi_index = np.arange(r)[:, None], np.arange(r)[None, :]
+    length = hi_index - lo_index + 1
+    valid = (length >= 1) & (window >= np.float32(mass - INTERVAL_TOLERANCE))
+    valid |= (lo_index == 0) & (hi_index == r - 1)            # every class, whatever the rounding
+    best = np.where(valid, length, r + 1).min(axis=(1, 2))
+    chosen = valid & (length == best[:, None, None])
+    heaviest = np.where(chosen, window, -np.inf).max(axis=(1, 2))
+    chosen &= window >= (heaviest - INTERVAL_TOLERANCE)[:, None, None]
+    lo = np.where(chosen, lo_index, r).min(axis=(1, 2)).astype(np.int64)
+    hi = (lo + best - 1).astype(np.int64)
+    return (int(lo[0]), int(hi[0])) if single else (lo, hi)
+
+
+def interval_values(field: str, lo, hi):
+    """(low, high) in the field's units (seconds, f-number, ISO) of the interval of classes lo..hi:
+    the class edges, half a stop below class lo and half a stop above class hi. Ints in: floats;
+    arrays in: float64 arrays."""
+    values = class_values(field)
+    return (stops_to_value(values[np.asarray(lo)] - 0.5, field),
+            stops_to_value(values[np.asarray(hi)] + 0.5, field))
+
+
+def interval_classes_of_values(field: str, low, high):
+    """The inverse of ``interval_values``: (lo, hi) classes of an interval given by its ends in the
+    field's units (the served ``<field>_low/high``). Ints for scalars, int64 arrays for arrays."""
+    first = class_values(field)[0]
+    lo = np.rint(value_to_stops(np.asarray(low, np.float64), field) + 0.5 - first)
+    hi = np.rint(value_to_stops(np.asarray(high, np.float64), field) - 0.5 - first)
+    if np.ndim(low) == 0:
+        return int(lo), int(hi)
+    return lo.astype(np.int64), hi.astype(np.int64)
+
+
+def interval_width_stops(lo, hi):
+    """The width in stops of the interval of classes lo..hi (one class is one stop)."""
+    return np.asarray(hi, np.float64) - np.asarray(lo, np.float64) + 1.0
+
+
+def in_interval(field: str, value, low, high) -> Optional[bool]:
+    """Whether a value in the field's units (a photo's own EXIF) lies in [low, high] (an interval's
+    ends in the same units, as ``interval_values`` or the served ``<field>_low/high``), compared in
+    stops; None when the value is unknown."""
+    s = value_to_stops(value, field)
+    if value is None or math.isnan(s):
+        return None
+    return bool(value_to_stops(low, field) - 1e-6 <= s <= value_to_stops(high, field) + 1e-6)
+
+
+def interval_metrics(field: str, true_classes, probabilities,
+                     mass: float = DEFAULT_INTERVAL) -> dict:
+    """Over the photos with a label (true class >= 0): ``interval_coverage``, the share whose true
+    class lies in the interval of ``mass``, ``interval_width_stops``, the intervals' mean width,
+    and ``interval_mass``, the mean probability they hold (what a calibrated model's coverage
+    would be; at least ``mass``, more where whole classes overshoot). None without a labelled
+    photo."""
+    y = np.asarray(true_classes, np.int64).reshape(-1)
+    p = np.asarray(probabilities, np.float64)
+    known = y >= 0
+    if not known.any():
+        return {"interval_coverage": None, "interval_width_stops": None, "interval_mass": None}
+    lo, hi = interval_classes(p[known], mass)
+    sums = np.concatenate([np.zeros((known.sum(), 1)), np.cumsum(p[known], axis=-1)], axis=-1)
+    rows = np.arange(known.sum())
+    return {"interval_coverage": float(np.mean((lo <= y[known]) & (y[known] <= hi))),
+            "interval_width_stops": float(np.mean(interval_width_stops(lo, hi))),
+            "interval_mass": float(np.mean(sums[rows, hi + 1] - sums[rows, lo]))}
+
+
+_RANGE_TEXT = {"shutter": "{}-{} s", "aperture": "f/{}-{}", "iso": "ISO {}-{}"}
+
+
+def _standard_names(field: str) -> tuple[str, ...]:
+    return _STANDARD[field][1]
+
+
+def interval_text(field: str, lo, hi):
+    """The interval as a range of the classes' camera values, ``1/250-1/30 s``, ``f/4-8``,
+    ``ISO 200-800`` (one class: as ``standard_text``, ``1/125 s``). Ints in: a str; arrays in: a
+    numpy array of str."""
+    values = class_values(field)
+    names = np.array(_standard_names(field), dtype=object)
+    first = names[_standard_index(values[np.asarray(lo)], field)]
+    last = names[_standard_index(values[np.asarray(hi)], field)]
+    one = np.array(standard_texts(field), dtype=object)[_standard_index(values[np.asarray(lo)],
+                                                                        field)]
+    pattern = _RANGE_TEXT[field]
+    out = np.where(np.asarray(lo) == np.asarray(hi), one,
+                   np.vectorize(pattern.format, otypes=[object])(first, last))
+    return str(out) if np.ndim(lo) == 0 else out
+
+
+def exif_range_text(intervals: Mapping[str, tuple], separator: str = ", "):
+    """``1/250-1/30 s, f/4-8, ISO 200-800``: per field present in ``intervals`` (field -> (lo,
+    hi) classes) its ``interval_text``, in the order shutter, aperture, ISO. Ints give a str; [B]
+    arrays a list of B strings."""
+    fields = [f for f in FIELDS if f in intervals]
+    if not fields:
+        raise ValueError(f"exif_range_text needs at least one of {', '.join(FIELDS)}")
+    parts = [interval_text(f, *intervals[f]) for f in fields]
+    if all(isinstance(p, str) for p in parts):
+        return separator.join(parts)
+    return [separator.join(str(p) for p in row) for row in zip(*np.broadcast_arrays(*parts))]
+
+
+# ------------------------------------------------------------------------- intervals (graph)
+
+def tf_interval_classes(probabilities, mass: float = DEFAULT_INTERVAL):
+    """Graph version of ``interval_classes``: [B, R] -> (lo, hi), int64 [B] each."""
+    mass = _check_mass(mass)
+    p = tf.cast(probabilities, tf.float32)
+    r = p.shape[-1]
+    sums = tf.concat([tf.zeros_like(p[:, :1]), tf.cumsum(p, axis=-1)], axis=-1)
+    window = sums[:, None, 1:] - sums[:, :-1, None]
+    lo_index = np.arange(r)[:, None]
+    length = tf.constant(np.arange(r)[None, :] - lo_index + 1, tf.int64)
+    whole = tf.constant((lo_index == 0) & (np.arange(r)[None, :] == r - 1))
+    valid = ((length >= 1) & (window >= mass - INTERVAL_TOLERANCE)) | whole
+    best = tf.reduce_min(tf.where(valid, length, tf.constant(r + 1, tf.int64)), axis=[1, 2])
+    chosen = valid & tf.equal(length, best[:, None, None])
+    heaviest = tf.reduce_max(tf.where(chosen, window, tf.fill(tf.shape(window), -np.inf)),
+                             axis=[1, 2])
+    chosen = chosen & (window >= (heaviest - INTERVAL_TOLERANCE)[:, None, None])
+    lo = tf.reduce_min(tf.where(chosen, tf.constant(np.broadcast_to(lo_index, (r, r)), tf.int64),
+                                tf.constant(r, tf.int64)), axis=[1, 2])
+    return lo, lo + best - 1
+
+
+def tf_interval_values(field: str, lo, hi):
+    """Graph version of ``interval_values``: float32 [B] low and high in the field's units."""
+    values = tf.constant(class_values(field).astype(np.float32))
+    return (tf_stops_to_value(tf.gather(values, lo) - 0.5, field),
+            tf_stops_to_value(tf.gather(values, hi) + 0.5, field))
+
+
+def tf_interval_text(field: str, lo, hi) -> tf.Tensor:
+    """Graph version of ``interval_text``: string [B]."""
+    values = tf.constant(class_values(field).astype(np.float32))
+    names = tf.constant(_standard_names(field))
+    first_stops, last_stops = tf.gather(values, lo), tf.gather(values, hi)
+
+    def index(s):
+        return tf.argmin(tf.abs(s[..., None] - tf.constant(standard_positions(field))), axis=-1)
+
+    before, _, after = _RANGE_TEXT[field].partition("{}-{}")
+    ranged = tf.strings.join([before, tf.gather(names, index(first_stops)), "-",
+                              tf.gather(names, index(last_stops)), after])
+    return tf.where(tf.equal(lo, hi), tf_standard_text(first_stops, field), ranged)
+
+
+def tf_intervals(probabilities: Mapping[str, tf.Tensor], mass=DEFAULT_INTERVAL) -> dict:
+    """The serving outputs of the intervals: per fine field present (field -> calibrated
+    probabilities [B, R]) ``<field>_low`` and ``<field>_high`` (float32 [B], the field's units)
+    and ``exif_range_text`` (string [B], ``1/250-1/30 s, f/4-8, ISO 200-800``). ``mass``: one
+    level for every field, or {field: level} (the levels calibration fitted)."""
+    fields = [f for f in FIELDS if f in probabilities]
+    if not fields:
+        raise ValueError(f"tf_intervals needs at least one of {', '.join(FIELDS)}")
+    out, texts = {}, []
+    for field in fields:
+        level = mass.get(field, DEFAULT_INTERVAL) if isinstance(mass, Mapping) else mass
+        lo, hi = tf_interval_classes(probabilities[field], level)
+        out[f"{field}_low"], out[f"{field}_high"] = tf_interval_values(field, lo, hi)
+        texts.append(tf_interval_text(field, lo, hi))
+    out["exif_range_text"] = tf.strings.join(texts, separator=", ")
+    return out
+
+
+# ----------------------------------------------------------------- EXIF consistency (numpy)
+#
+# Is the EXIF a file claims plausible for its pixels? Per field, the calibrated probability of the
+# claimed class; below the threshold the claim is "unlikely". The photo's score is the sum over
+# the fields it claims of -log p (its surprise, in nats; p floored at PROBABILITY_FLOOR).
+
+DEFAULT_CONSISTENCY_THRESHOLD = 0.05
+PROBABILITY_FLOOR = 1e-12
+CONSISTENT, UNLIKELY = "consistent", "unlikely"
+
+
+def claimed_class(field: str, value) -> int:
+    """The fine class whose one-stop bin holds a claimed value (seconds, f-number, ISO), rounding
+    half up as ``labels`` does (so ISO 320 claims the ISO 400 class); -1 when the value is unknown
+    or outside the classes (1/16000 s)."""
+    s = value_to_stops(value, field)
+    if value is None or math.isnan(s):
+        return labels.NO_LABEL
+    index = int(math.floor(s - class_values(field)[0] + 0.5 + 1e-9))
+    return index if 0 <= index < len(class_values(field)) else labels.NO_LABEL
+
+
+def consistency(probabilities: Mapping[str, object], claimed: Mapping[str, object],
+                threshold: float = DEFAULT_CONSISTENCY_THRESHOLD) -> dict:
+    """The consistency check of claimed classes against calibrated probabilities.
+
+    ``probabilities``: field -> [N, R] (or one [R] vector); ``claimed``: field -> [N] class ids
+    (or one int), -1 where a photo claims nothing for that field. Returns per field
+    ``probability`` (the claimed class's; NaN where none) and ``unlikely`` (probability below
+    ``threshold``), and per photo ``score`` (the sum of -log p over the fields it claims; NaN when
+    it claims none), ``fields`` (how many it claims) and ``unlikely_any``. Arrays for [N] inputs,
+    Python scalars for one photo."""
+    fields = [f for f in FIELDS if f in claimed and f in probabilities]
+    if not fields:
+        raise ValueError("consistency needs a field with both probabilities and a claimed class")
+    single = np.ndim(claimed[fields[0]]) == 0
+    per_field, unlikely = {}, {}
+    score = count = any_unlikely = None
+    for field in fields:
+        p = np.atleast_2d(np.asarray(probabilities[field], np.float64))
+        c = np.atleast_1d(np.asarray(claimed[field], np.int64))
+        if len(c) != len(p) or np.any(c >= p.shape[-1]):
+            raise ValueError(f"{field}: claimed classes must be -1 or in [0, {p.shape[-1]}), one "
+                             f"per row of probabilities")
+        has = c >= 0
+        prob = np.where(has, p[np.arange(len(c)), np.where(has, c, 0)], np.nan)
+        surprise = np.where(has, -np.log(np.maximum(np.nan_to_num(prob), PROBABILITY_FLOOR)), 0.0)
+        per_field[field] = prob
+        unlikely[field] = has & (np.nan_to_num(prob, nan=1.0) < threshold)
+        score = surprise if score is None else score + surprise
+        count = has.astype(np.int64) if count is None else count + has
+        any_unlikely = unlikely[field] if any_unlikely is None else any_unlikely | unlikely[field]
+    score = np.where(count > 0, score, np.nan)
+    out = {"probability": per_field, "unlikely": unlikely, "score": score, "fields": count,
+           "unlikely_any": any_unlikely}
+    if single:
+        out = {"probability": {f: float(v[0]) for f, v in per_field.items()},
+               "unlikely": {f: bool(v[0]) for f, v in unlikely.items()},
+               "score": float(score[0]), "fields": int(count[0]),
+               "unlikely_any": bool(any_unlikely[0])}
+    return out

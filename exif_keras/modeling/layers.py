@@ -136,3 +136,32 @@ class Destandardize(keras.layers.Layer):
         config.update(mean=self.mean, std=self.std)
         config.pop("dtype", None)
         return config
+
+
+@keras.saving.register_keras_serializable(package="exif_keras")
+class Temperature(keras.layers.Layer):
+    """``logits / temperature`` in float32: temperature scaling (Guo et al., 2017) between a
+    classification head's logits and its softmax, so ``softmax(logits / T)`` is what the model
+    returns. T > 1 softens overconfident probabilities, T < 1 sharpens them; the class ranking
+    (argmax) never changes. No variable: the temperature is configuration, fitted after training
+    on the validation split (``training/calibration.py``) and stored in the run folder
+    (``run_folder.CALIBRATION``), so weights saved before it was fitted load unchanged."""
+
+    def __init__(self, temperature=1.0, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+        if not self.temperature > 0:
+            raise ValueError(f"a temperature must be positive, got {temperature}")
+
+    def call(self, inputs):
+        return ops.cast(inputs, "float32") / self.temperature
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(temperature=self.temperature)
+        config.pop("dtype", None)
+        return config

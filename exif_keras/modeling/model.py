@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import keras
 
@@ -302,6 +302,34 @@ def _build_head_output(head: HeadConfig, x, regularizer):
     x = keras.layers.Dense(head.num_classes, kernel_regularizer=regularizer,
                            name=f"{head.name}_logits")(x)
     return keras.layers.Activation("softmax", dtype="float32", name=head.name)(x)
+
+
+def calibrated(model: keras.Model, temperatures: Optional[Mapping[str, float]]) -> keras.Model:
+    """The model whose classification heads listed in ``temperatures`` ({head name: T}, the run
+    folder's ``run_folder.CALIBRATION``) return ``softmax(logits / T)`` (temperature scaling):
+    a new functional model over the same layers and weights, each such head's logits going
+    through a :class:`layers.Temperature` (``<head>_temperature``) into a new float32 softmax
+    (named as the head, the old one left out of the graph). ``model`` itself when no head has a
+    temperature other than 1, so an uncalibrated run's model is exactly as before.
+
+    Applied after the weights are loaded (``run_folder.load_model``, the exporter): the new
+    layers hold no variable, but Keras 3 saves weights by the graph's layer order, which they
+    change, so weights always load into the model of :func:`build_model`."""
+    wanted = {name: float(t) for name, t in (temperatures or {}).items() if float(t) != 1.0}
+    if not wanted:
+        return model
+    unknown = sorted(n for n in wanted if n not in model.output or is_regression_output(model, n))
+    if unknown:
+        raise ValueError(f"temperatures for heads that are not classification heads: {unknown}")
+    outputs = {}
+    for name, out in model.output.items():
+        if name not in wanted:
+            outputs[name] = out
+            continue
+        logits = layers.Temperature(wanted[name], name=f"{name}_temperature")(
+            model.get_layer(f"{name}_logits").output)
+        outputs[name] = keras.layers.Activation("softmax", dtype="float32", name=name)(logits)
+    return keras.Model(model.input, outputs, name=model.name)
 
 
 def output_names(model: keras.Model) -> tuple[str, ...]:

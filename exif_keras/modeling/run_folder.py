@@ -7,11 +7,15 @@ export, explain, study and the tests agree on it by construction::
                 run_config.json     the resolved configuration and the heads (class names, grouping)
                 best.weights.h5     the best epoch by validation accuracy
                 metrics.json        test/validation metrics, written last by train
+                calibration.json    the temperature of each classification head, fitted on the
+                                    validation split after training (none: T = 1, older runs)
                 training_log.csv    one row per epoch (Keras CSVLogger)
                 fit_complete.json   fit ended: a rerun goes straight to evaluation
                 backup/             BackupAndRestore state while fit runs
                 logs/               TensorBoard
-                confusion_matrix.png, training_curves.png
+                confusion_matrix.png, training_curves.png, reliability.png (one head) or
+                reliability_<head>.png (several): the reliability diagrams before and after
+                calibration
 
 Paths may be local or anything ``tf.io.gfile`` reads (``gs://...``).
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Mapping
+from typing import Mapping, Optional
 
 import tensorflow as tf
 
@@ -39,6 +43,9 @@ BACKUP_DIR = "backup"                    # BackupAndRestore state (removed once 
 LOG_DIR = "logs"                         # TensorBoard
 CONFUSION_PNG = "confusion_matrix.png"
 TRAINING_CURVES_PNG = "training_curves.png"
+
+CALIBRATION = "calibration.json"         # {"temperatures": {head: T}, ...}: see save_calibration
+RELIABILITY_PNG = "reliability.png"      # reliability_<head>.png for a model of several heads
 
 MODEL_NAME_PREFIX = "exif_"              # models/exif_<fields>: the serving model's name
 
@@ -93,6 +100,44 @@ def save(model_dir: str, model_config: model_lib.ModelConfig, heads, train: Mapp
     save_run_config(run_config(heads, train, **extra), model_dir)
 
 
+def reliability_png(head_name: str, several_heads: bool) -> str:
+    """The file name of a head's reliability diagram: reliability.png, or reliability_<head>.png
+    in a run of several heads."""
+    return RELIABILITY_PNG.replace(".png", f"_{head_name}.png") if several_heads else RELIABILITY_PNG
+
+
+# -------------------------------------------------------------------------------- calibration
+
+def save_calibration(model_dir: str, temperatures: Mapping[str, float], **extra) -> str:
+    """Writes ``model_dir/calibration.json`` atomically: "temperatures" ({classification head
+    name: T}; ``modeling.model.calibrated`` applies them) and ``extra`` (how they were fitted;
+    train adds "interval", the intervals' promised coverage, and "interval_masses", {field: the
+    mass level that gives it}, which the export serves); returns its path."""
+    target = path(model_dir, CALIBRATION)
+    files.write_json_atomic(target, {"temperatures": {k: float(v) for k, v in
+                                                      temperatures.items()}, **extra})
+    return target
+
+
+def read_calibration(model_dir: str) -> dict:
+    """calibration.json as written by save_calibration; {} for a run without one."""
+    target = path(model_dir, CALIBRATION)
+    if not tf.io.gfile.exists(target):
+        return {}
+    with tf.io.gfile.GFile(target) as f:
+        return json.load(f)
+
+
+def read_temperatures(model_dir: str) -> dict:
+    """{head name: T} from calibration.json; {} (T = 1 everywhere) for a run without one."""
+    data = read_calibration(model_dir)
+    temperatures = {str(k): float(v) for k, v in (data.get("temperatures") or {}).items()}
+    bad = {k: v for k, v in temperatures.items() if not v > 0}
+    if bad:
+        raise ValueError(f"{CALIBRATION} holds temperatures that are not positive: {bad}")
+    return temperatures
+
+
 # ------------------------------------------------------------------------------------ the heads
 
 def task_from_json(task: Mapping) -> labels.TaskSpec:
@@ -123,6 +168,12 @@ class RunInfo:
     heads: tuple  # labels.TaskSpec per model output, in the model's order
     # {head name: fine class counts of the training split} (fine heads; older runs: none)
     train_class_counts: Mapping = dataclasses.field(default_factory=dict)
+    # {head name: temperature} of calibration.json (a run without one: {}, T = 1)
+    temperatures: Mapping = dataclasses.field(default_factory=dict)
+    # calibration.json's "interval" (the intervals' coverage; None: none fitted) and
+    # "interval_masses" ({field: the mass level fitted for it})
+    interval: Optional[float] = None
+    interval_masses: Mapping = dataclasses.field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -148,6 +199,10 @@ def read(model_dir: str, need_weights: bool = True) -> RunInfo:
         with tf.io.gfile.GFile(path(model_dir, RUN_CONFIG)) as f:
             run_config = json.load(f)
         heads = heads_of(run_config)
+        temperatures = read_temperatures(model_dir)
+        calibrated = read_calibration(model_dir)
+        interval = calibrated.get("interval")
+        masses = {str(k): float(v) for k, v in (calibrated.get("interval_masses") or {}).items()}
     except (ValueError, KeyError, TypeError) as e:
         raise RunFolderError(f"cannot read the run configuration in {model_dir!r}: {e}") from e
     expected = [(h.name, h.num_classes) for h in heads]
@@ -155,12 +210,18 @@ def read(model_dir: str, need_weights: bool = True) -> RunInfo:
     if expected != built:
         raise RunFolderError(f"{model_dir!r}: {RUN_CONFIG} names the heads {expected} but "
                              f"{MODEL_CONFIG} has {built}")
-    return RunInfo(model_dir, config, heads, run_config.get("train_class_counts") or {})
+    classification = {h.name for h in config.heads if h.kind == "classification"}
+    if set(temperatures) - classification:
+        raise RunFolderError(f"{model_dir!r}: {CALIBRATION} names heads that are not "
+                             f"classification heads: {sorted(set(temperatures) - classification)}")
+    return RunInfo(model_dir, config, heads, run_config.get("train_class_counts") or {},
+                   temperatures, None if interval is None else float(interval), masses)
 
 
 def load_model(run: RunInfo, weights: bool = True):
     """The run's Keras model rebuilt in float32 from its config (no backbone download), with its
-    best weights unless ``weights=False``."""
+    best weights unless ``weights=False``, and its heads' temperatures (calibration.json, applied
+    by ``model.calibrated``: calibrated probabilities for every consumer)."""
     import keras
 
     previous = keras.config.dtype_policy()
@@ -174,4 +235,4 @@ def load_model(run: RunInfo, weights: bool = True):
             model.load_weights(run.weights_path)
         except (ValueError, OSError) as e:
             raise RunFolderError(f"cannot load {run.weights_path}: {e}") from e
-    return model
+    return model_lib.calibrated(model, run.temperatures)

@@ -7,7 +7,8 @@ r"""Export a training run for TensorFlow Serving: one SavedModel version folder,
           saved_model.pb, variables/    signature "serving_default" (serving/signature.py)
           assets.extra/
             tf_serving_warmup_requests  TFRecord of PredictionLog protos (model warmup)
-            exif_keras.json             field, task, class names, grouping, k, P, max_pixels
+            exif_keras.json             field, task, class names, grouping, k, P, max_pixels,
+                                        temperatures, interval
 
 Decisions (the signature's own, preprocessing and the image checks: ``serving/signature.py``):
 
@@ -19,6 +20,10 @@ Decisions (the signature's own, preprocessing and the image checks: ``serving/si
   (or ``float16``) exports the copy under ``mixed_bfloat16`` (``mixed_float16``) instead, for
   serving hardware that computes those faster; its inputs and outputs stay the same (float32
   probabilities), and ``assets.extra/exif_keras.json`` records the precision.
+* **Calibrated probabilities.** The heads' temperatures (``calibration.json`` of the run folder,
+  fitted on the validation split by train; T = 1 for a run without) are put into the graph by
+  ``modeling.model.calibrated`` after the weights are loaded, so every served probability,
+  estimate and interval is calibrated; exif_keras.json records them.
 * **A version appears whole or not at all.** The SavedModel, its assets.extra and a check that the
   written model loads and answers its own warmup requests go into a hidden temporary folder beside
   the version folder (``.tmp-<version>-<random>``; TensorFlow Serving only loads folders named by a
@@ -69,6 +74,7 @@ WARMUP_FILENAME = "tf_serving_warmup_requests"
 METADATA_FILENAME = "exif_keras.json"
 MODELS_CONFIG = "models.config"
 DEFAULT_SERVING_BASE_PATH = "/models"
+DEFAULT_INTERVAL = signature.DEFAULT_INTERVAL   # --interval: the served intervals' mass
 MODEL_NAME_PREFIX = run_folder.MODEL_NAME_PREFIX
 TMP_PREFIX = ".tmp-"
 
@@ -259,7 +265,7 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
                  model=None, warmup_images: Optional[Sequence[ImageSource]] = None, *,
                  serving_base_path: str = DEFAULT_SERVING_BASE_PATH,
                  write_config: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 precision: str = "float32") -> str:
+                 precision: str = "float32", interval: Optional[float] = None) -> str:
     """Exports the run in ``model_dir`` as ``export_dir/<version>``; returns that folder's path.
 
     ``model``: the trained Keras model (its weights are exported); None rebuilds it from
@@ -270,6 +276,12 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     ``max_pixels``: the served model refuses a photo whose header gives more pixels than this
     (InvalidArgument naming it) before decoding anything; recorded in exif_keras.json.
     ``precision``: the serving model's compute precision (EXPORT_PRECISIONS), float32 by default.
+    ``interval``: the coverage promised by the served intervals of fine heads (``<field>_low``,
+    ``<field>_high``, ``exif_range_text``; ``stops.tf_intervals``); None: the run's
+    (calibration.json), else DEFAULT_INTERVAL. When it is the coverage the run's calibration
+    fitted mass levels for, each field's intervals use its fitted level; otherwise (another
+    coverage, or an older run) the level is the coverage itself, not checked on held-out photos.
+    Both are recorded in exif_keras.json ("interval", "interval_masses").
     Raises ExportError for user errors (missing run, existing version).
     """
     import keras
@@ -288,6 +300,14 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     if int(max_pixels) < 1:
         raise ExportError(f"--max_pixels must be a positive integer, got {max_pixels}")
     max_pixels = int(max_pixels)
+    if interval is None:
+        interval = run.interval if run.interval is not None else DEFAULT_INTERVAL
+    if not 0.0 < float(interval) <= 1.0:
+        raise ExportError(f"--interval must be in (0, 1], got {interval}")
+    interval = float(interval)
+    fitted = run.interval is not None and abs(run.interval - interval) < 1e-9
+    masses = {h.field: float(run.interval_masses.get(h.field, interval) if fitted else interval)
+              for h in heads if h.task == "fine"}
     final = os.path.join(export_dir, str(version))
     if tf.io.gfile.exists(final):
         raise ExportError(f"version {version} already exists: {final} (versions are never "
@@ -300,6 +320,8 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
             serving_model.load_weights(run.weights_path)
         except (ValueError, OSError) as e:
             raise ExportError(f"cannot load {run.weights_path}: {e}") from e
+    # The heads' temperatures (calibration.json; none in older runs: T = 1) go into the graph.
+    serving_model = model_lib.calibrated(serving_model, run.temperatures)
     images = _read_images(warmup_images) if warmup_images else sample_images(config.patch_size)
 
     archive = keras.export.ExportArchive()
@@ -307,7 +329,7 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
     fn = archive.add_endpoint(
         signature.SIGNATURE_NAME,
         signature.make_serving_fn(serving_model, heads, config.num_patches, config.patch_size,
-                        max_pixels),
+                                  max_pixels, masses or interval),
         input_signature=signature.input_signature())
     try:
         expected = fn(tf.constant(images))
@@ -332,6 +354,12 @@ def export_model(model_dir: str, export_dir: Optional[str] = None, version: Opti
             "patch_size": config.patch_size,
             "max_pixels": max_pixels,
             "precision": precision,
+            # calibration.json's temperatures (T = 1 for heads without) and the served
+            # intervals' probability mass (fine heads)
+            "temperatures": {h.name: float(run.temperatures.get(h.name, 1.0))
+                             for h in heads if h.task != "regression"},
+            "interval": interval,
+            "interval_masses": masses,
             "signature": {"name": signature.SIGNATURE_NAME, "input": signature.INPUT_NAME,
                           "outputs": sorted(expected)},
             "version": version,

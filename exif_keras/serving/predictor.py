@@ -115,6 +115,26 @@ class Predictor:
         return out
 
     @property
+    def interval(self) -> Optional[float]:
+        """The probability mass of the served intervals (exif_keras.json; None for exports made
+        before intervals were served)."""
+        value = self.metadata.get("interval")
+        return None if value is None else float(value)
+
+    def interval_mass(self, field: str) -> Optional[float]:
+        """The mass level of ``field``'s served intervals (exif_keras.json "interval_masses": the
+        level calibration fitted so they cover ``interval``), for ``stops.interval_classes`` on
+        this export's probabilities; None for exports without intervals."""
+        masses = self.metadata.get("interval_masses") or {}
+        return float(masses[field]) if field in masses else self.interval
+
+    @property
+    def temperatures(self) -> dict:
+        """{head: temperature} the export's model applies (exif_keras.json; {} before calibration
+        was recorded: T = 1)."""
+        return {k: float(v) for k, v in (self.metadata.get("temperatures") or {}).items()}
+
+    @property
     def task(self) -> Optional[labels.TaskSpec]:
         """The one head of a single-field model (None for a joint model or without metadata)."""
         heads = self.heads
@@ -326,14 +346,64 @@ def _line(result: Result, class_names: Sequence[str], as_json: bool) -> str:
 
 # ---------------------------------------------------------------- estimates (fine / joint models)
 
+def interval_of(outputs: Mapping, field: str) -> Optional[dict]:
+    """One photo's served interval of ``field``: {"low", "high"} (the field's units, at the class
+    edges), "low_class"/"high_class" and "text" (``1/250-1/30 s``); None when the export serves
+    no interval for it (a binary or regression head, or an export made before intervals)."""
+    low_key = f"{field}_{signature.OUTPUT_LOW}"
+    high_key = f"{field}_{signature.OUTPUT_HIGH}"
+    if low_key not in outputs or high_key not in outputs:
+        return None
+    low, high = float(outputs[low_key]), float(outputs[high_key])
+    lo, hi = stops.interval_classes_of_values(field, low, high)
+    return {"low": low, "high": high, "low_class": lo, "high_class": hi,
+            "width_stops": float(hi - lo + 1), "text": stops.interval_text(field, lo, hi)}
+
+
 def estimate_of(outputs: dict, fields: Sequence[str]) -> dict:
-    """{field: {"value", "stops", "text"}} of one photo's served estimate."""
+    """{field: {"value", "stops", "text", "interval"}} of one photo's served estimate
+    (``interval``: :func:`interval_of`, None where the export serves none)."""
     out = {}
     for field in fields:
         value = float(outputs[stops.SETTINGS[field]])
         s = stops.value_to_stops(value, field)
-        out[field] = {"value": value, "stops": s, "text": stops.standard_text(s, field)}
+        out[field] = {"value": value, "stops": s, "text": stops.standard_text(s, field),
+                      "interval": interval_of(outputs, field)}
     return out
+
+
+def consistency(outputs: Mapping, settings: Optional[Mapping], fields: Sequence[str],
+                threshold: float = stops.DEFAULT_CONSISTENCY_THRESHOLD) -> Optional[dict]:
+    """Is the EXIF a photo claims plausible for its pixels? For each fine field in ``fields``
+    whose probabilities the export serves (``<field>_probabilities``) and whose value the photo's
+    EXIF (``settings``, as :func:`read_settings`) gives inside the classes: the claimed value, its
+    class (``stops.claimed_class``), the calibrated probability of that class and a verdict,
+    ``consistent`` or ``unlikely`` (below ``threshold``). Per photo: ``score``, the sum of -log p
+    over those fields (0 when all are certain; larger is less plausible), ``verdict``
+    (``unlikely`` when any field is) and ``threshold``. None when no field can be checked."""
+    probabilities, claimed, values = {}, {}, {}
+    for field in fields:
+        key = f"{field}_{signature.OUTPUT_PROBABILITIES}"
+        value = (settings or {}).get(stops.SETTINGS[field])
+        if key not in outputs or value is None:
+            continue
+        c = stops.claimed_class(field, value)
+        p = np.asarray(outputs[key], np.float64)
+        if c == labels.NO_LABEL or p.shape != (labels.field_spec(field).num_classes,):
+            continue
+        probabilities[field], claimed[field], values[field] = p, c, value
+    if not claimed:
+        return None
+    check = stops.consistency(probabilities, claimed, threshold)
+    return {
+        "fields": {f: {"value": values[f], "text": format_value(f, values[f]),
+                       "class_id": claimed[f], "probability": check["probability"][f],
+                       "verdict": stops.UNLIKELY if check["unlikely"][f] else stops.CONSISTENT}
+                   for f in claimed},
+        "score": check["score"],
+        "verdict": stops.UNLIKELY if check["unlikely_any"] else stops.CONSISTENT,
+        "threshold": float(threshold),
+    }
 
 
 def estimate_truth(field: str, estimate: dict, settings: Optional[dict]) -> Optional[dict]:
@@ -346,17 +416,33 @@ def estimate_truth(field: str, estimate: dict, settings: Optional[dict]) -> Opti
     error = stops.stop_error(field, estimate["value"], value)
     group = labels.task_spec(field, "binary").target(labels.field_spec(field).classify(value))
     predicted_group = int(estimate["stops"] > evaluation.binary_threshold(field))
+    interval = estimate.get("interval")
     return {"value": value, "text": format_value(field, value), "error_stops": error,
-            "binary_agrees": None if group == labels.NO_LABEL else predicted_group == group}
+            "binary_agrees": None if group == labels.NO_LABEL else predicted_group == group,
+            # the EXIF value inside the served interval (None: no interval served)
+            "in_interval": None if interval is None else stops.in_interval(
+                field, value, interval["low"], interval["high"])}
 
 
-def estimate_line(path: str, estimate: dict, truth: dict) -> str:
-    """``photo.jpg  1/125 s  f/5.6  ISO 400  | EXIF 1/250 s: shutter +1.0 stops``."""
-    text = f"{path}  " + "  ".join(e["text"] for e in estimate.values())
+def estimate_line(path: str, estimate: dict, truth: dict,
+                  check: Optional[dict] = None) -> str:
+    """``photo.jpg  1/125 s (1/250-1/30 s)  f/5.6 (f/4-8)  ISO 400 (ISO 200-800)  | EXIF 1/250 s:
+    shutter +1.0 stops, inside  | consistent (score 1.2)``: the estimates with their intervals
+    (where served), the photo's own EXIF with the error and whether it lies in the interval, and
+    the consistency verdict (:func:`consistency`, where the photo's EXIF allows one)."""
+    text = f"{path}  " + "  ".join(
+        e["text"] + (f" ({e['interval']['text']})" if e.get("interval") else "")
+        for e in estimate.values())
     known = [(f, t) for f, t in truth.items() if t is not None]
     if known:
         text += "  | EXIF " + ", ".join(
-            f"{t['text']}: {stops.format_stop_error(f, t['error_stops'])}" for f, t in known)
+            f"{t['text']}: {stops.format_stop_error(f, t['error_stops'])}"
+            + ("" if t.get("in_interval") is None else
+               (", inside" if t["in_interval"] else ", outside")) for f, t in known)
+    if check is not None:
+        unlikely = [f for f, c in check["fields"].items() if c["verdict"] == stops.UNLIKELY]
+        text += f"  | {check['verdict']} (score {check['score']:.1f}" + (
+            f"; {', '.join(unlikely)}" if unlikely else "") + ")"
     return text
 
 
@@ -381,7 +467,19 @@ def estimate_summary(rows: Sequence[dict], failed: Sequence, fields: Sequence[st
             "binary_photos": len(binary),
             "binary_agreement": float(np.mean(binary)) if binary else None,
         }
-    return {"photos": len(rows), "failed": len(failed), "fields": per_field}
+        inside = [t["in_interval"] for t in truths if t.get("in_interval") is not None]
+        checked = [r["consistency"]["fields"][field] for r in rows
+                   if r.get("consistency") and field in r["consistency"]["fields"]]
+        per_field[field].update(
+            interval_photos=len(inside),
+            interval_coverage=float(np.mean(inside)) if inside else None,
+            checked=len(checked),
+            unlikely=sum(c["verdict"] == stops.UNLIKELY for c in checked))
+    checked = [r["consistency"] for r in rows if r.get("consistency")]
+    return {"photos": len(rows), "failed": len(failed), "fields": per_field,
+            "consistency": {"checked": len(checked),
+                            "unlikely": sum(c["verdict"] == stops.UNLIKELY for c in checked),
+                            "threshold": checked[0]["threshold"] if checked else None}}
 
 
 def estimate_summary_text(summary: dict) -> str:
@@ -393,12 +491,25 @@ def estimate_summary_text(summary: dict) -> str:
         lines.append(evaluation.format_table(
             rows, ["field", "with EXIF", "MAE stops", "majority MAE", "within 1 stop",
                    "binary agrees"]))
+    rows = [[field, f"{_pct(s.get('interval_coverage'))} of {s.get('interval_photos', 0)}",
+             f"{s.get('unlikely', 0)} of {s.get('checked', 0)}"]
+            for field, s in summary["fields"].items()
+            if s.get("interval_photos") or s.get("checked")]
+    if rows:
+        lines.append(evaluation.format_table(
+            rows, ["field", "EXIF inside the interval", "EXIF unlikely"]))
+    check = summary.get("consistency") or {}
+    if check.get("checked"):
+        lines.append(f"consistency: {check['unlikely']} of {check['checked']} photo(s) with EXIF "
+                     f"flagged unlikely (a claimed class below probability {check['threshold']:g})"
+                     f".")
     return "\n".join(lines)
 
 
 def run(paths: Sequence[str], model: str, version: Optional[int] = None,
         batch_size: int = DEFAULT_BATCH_SIZE, as_json: bool = False,
-        out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+        out: Optional[TextIO] = None, err: Optional[TextIO] = None,
+        consistency_threshold: float = stops.DEFAULT_CONSISTENCY_THRESHOLD) -> int:
     """The CLI without flags: prints results to ``out`` and failures to ``err``; returns the exit
     status (0 all predicted, 1 some path failed, 2 usage error)."""
     out = out or sys.stdout
@@ -409,6 +520,9 @@ def run(paths: Sequence[str], model: str, version: Optional[int] = None,
     if batch_size < 1:
         print("predict: error: --batch_size must be at least 1", file=err)
         return 2
+    if not 0.0 < consistency_threshold <= 1.0:
+        print("predict: error: --consistency_threshold must be in (0, 1]", file=err)
+        return 2
     try:
         predictor = Predictor.load(model, version)
     except PredictError as e:
@@ -416,7 +530,8 @@ def run(paths: Sequence[str], model: str, version: Optional[int] = None,
         return 2
     heads = predictor.heads
     if heads and not signature.plain_signature(heads):
-        return _run_estimates(predictor, paths, batch_size, as_json, out, err)
+        return _run_estimates(predictor, paths, batch_size, as_json, out, err,
+                              consistency_threshold)
     task = predictor.task
     class_names = (list(task.class_names) if task else predictor.metadata.get("class_names"))
 
@@ -480,9 +595,11 @@ def _read_inputs(paths: Sequence[str], batch_size: int, report, max_pixels: int)
         yield batch
 
 
-def _run_estimates(predictor: Predictor, paths, batch_size, as_json, out, err) -> int:
-    """predict for fine, regression and joint models: the estimated settings per photo, each
-    beside the file's own EXIF value and the error in stops."""
+def _run_estimates(predictor: Predictor, paths, batch_size, as_json, out, err,
+                   consistency_threshold: float = stops.DEFAULT_CONSISTENCY_THRESHOLD) -> int:
+    """predict for fine, regression and joint models: the estimated settings per photo with
+    their intervals, each beside the file's own EXIF value, the error in stops and whether the
+    value lies in the interval, and the EXIF consistency verdict."""
     heads = predictor.heads
     fields = [h.field for h in heads if h.task in ("fine", "regression")]
     classes = [h for h in heads if h.task == "binary"]
@@ -491,14 +608,18 @@ def _run_estimates(predictor: Predictor, paths, batch_size, as_json, out, err) -
         estimate = estimate_of(outputs, fields)
         settings = read_settings(data)
         truth = {f: estimate_truth(f, estimate[f], settings) for f in fields}
-        row = {"path": path, "estimate": estimate, "exif": truth,
+        check = consistency(outputs, settings, [h.field for h in heads if h.task == "fine"],
+                            consistency_threshold)
+        row = {"path": path, "estimate": estimate, "exif": truth, "consistency": check,
                "classes": {h.field: _decode(outputs[f"{h.field}_{signature.OUTPUT_CLASS_NAMES}"])
                            for h in classes}}
         if signature.OUTPUT_EXIF_TEXT in outputs:
             row["exif_text"] = _decode(outputs[signature.OUTPUT_EXIF_TEXT])
+        if signature.OUTPUT_EXIF_RANGE_TEXT in outputs:
+            row["exif_range_text"] = _decode(outputs[signature.OUTPUT_EXIF_RANGE_TEXT])
         rows.append(row)
         line = (json.dumps(row) if as_json else
-                estimate_line(path, estimate, truth) + "".join(
+                estimate_line(path, estimate, truth, check) + "".join(
                     f"  [{f}: {c}]" for f, c in row["classes"].items()))
         print(line, file=out, flush=True)
     summary = estimate_summary(rows, failed, fields, predictor.majority_stops)

@@ -31,7 +31,9 @@ Decisions:
   pixels, over the limit of 64000000 pixels (export --max_pixels)``. A header-only decompression
   bomb (a few hundred bytes claiming 20000x20000) so costs a header parse, not gigabytes.
 * **The estimates are** :func:`exif_keras.common.stops.tf_estimates`, the one graph version of the
-  probability-weighted mean in stops and its camera notation.
+  probability-weighted mean in stops and its camera notation; **the intervals**
+  :func:`exif_keras.common.stops.tf_intervals`, the graph twin of ``stops.interval_classes``.
+  The probabilities are the model's, calibrated inside it (``modeling.model.calibrated``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ OUTPUT_CLASS_IDS = "class_ids"
 OUTPUT_CLASS_NAMES = "class_names"
 OUTPUT_STOPS = "stops"            # a regression head's output (``<field>_stops``)
 OUTPUT_EXIF_TEXT = "exif_text"    # the estimates as cameras write them
+OUTPUT_LOW = "low"                # a fine head's interval, ``<field>_low`` .. ``<field>_high``
+OUTPUT_HIGH = "high"
+OUTPUT_EXIF_RANGE_TEXT = "exif_range_text"   # the intervals as camera values
+DEFAULT_INTERVAL = stops.DEFAULT_INTERVAL    # the intervals' probability mass (export --interval)
 
 NOT_AN_IMAGE = "not a JPEG or PNG image"   # the served error: "image_bytes[i] is " + this
 # Why a photo over the pixel limit is refused: width, height, pixels, limit (str.format and
@@ -145,7 +151,7 @@ def plain_signature(heads: Sequence[labels.TaskSpec]) -> bool:
 
 
 def make_serving_fn(model, heads: Sequence[labels.TaskSpec], num_patches: int, patch_size: int,
-                    max_pixels: int = DEFAULT_MAX_PIXELS):
+                    max_pixels: int = DEFAULT_MAX_PIXELS, interval=DEFAULT_INTERVAL):
     """fn(image_bytes [N] string) -> dict of outputs (graph ops only):
 
     * a single binary head: ``probabilities``, ``class_ids``, ``class_names``;
@@ -153,7 +159,11 @@ def make_serving_fn(model, heads: Sequence[labels.TaskSpec], num_patches: int, p
       ``<field>_class_names``, per regression head ``<field>_stops``, and for every fine or
       regression head the estimate as cameras write it: ``exposure_time`` (seconds),
       ``f_number``, ``iso`` and ``exif_text`` (e.g. "1/125 s, f/5.6, ISO 400"), from the
-      probability-weighted mean over the classes in stops (:func:`stops.tf_estimates`)."""
+      probability-weighted mean over the classes in stops (:func:`stops.tf_estimates`);
+    * per fine head its interval, the shortest run of classes holding ``interval`` (one mass
+      level, or {field: level}: the levels calibration fitted) of the (calibrated) probability: ``<field>_low`` and ``<field>_high`` (float32, the field's units,
+      at the class edges) and, for them all, ``exif_range_text`` (``1/250-1/30 s, f/4-8, ISO
+      200-800``; :func:`stops.tf_intervals`). The other outputs are unchanged by it."""
     plain = plain_signature(heads)
 
     def serving_default(image_bytes):
@@ -181,6 +191,8 @@ def make_serving_fn(model, heads: Sequence[labels.TaskSpec], num_patches: int, p
                 probabilities[head.field] = value
         if probabilities or known_stops:
             outputs.update(stops.tf_estimates(probabilities, known_stops))
+        if probabilities:
+            outputs.update(stops.tf_intervals(probabilities, interval))
         return outputs
 
     return serving_default

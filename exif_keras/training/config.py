@@ -10,7 +10,9 @@ that reads it, each passed whole to its stage, as big_vision passes ``config.mod
   ``dataclasses.replace`` (:meth:`TrainConfig.model_config`);
 * ``optim`` (:class:`OptimConfig`): epochs, learning rate and losses;
 * ``runtime`` (:class:`RuntimeConfig`): where the run lives and how it runs (devices, resume,
-  export, verbosity), nothing that changes what it computes but the devices.
+  export, verbosity), nothing that changes what it computes but the devices;
+* ``calibration`` (:class:`CalibrationConfig`): the temperature fit after training, the
+  intervals' mass and the consistency threshold of the metrics.
 
 Every default is declared once, on its field; the help text, enum choices and bounds of its flag
 sit next to it in ``dataclasses.field(metadata=...)``. :func:`define_flags` generates the train
@@ -34,7 +36,7 @@ from absl import flags
 from exif_keras.common import labels
 from exif_keras.data import pipeline
 from exif_keras.modeling import model as model_lib
-from exif_keras.training import devices as devices_lib
+from exif_keras.training import devices
 
 DataConfig = pipeline.DataConfig
 ModelConfig = model_lib.ModelConfig
@@ -103,7 +105,7 @@ class RuntimeConfig:
     model_dir: Optional[str] = dataclasses.field(default=None, metadata=dict(
         help="Run folder; default runs/<field>.", flag_type="string"))
     mixed_precision: str = dataclasses.field(default="auto", metadata=dict(
-        choices=devices_lib.PRECISIONS,
+        choices=devices.PRECISIONS,
         help="off: float32; float16 (alias on): mixed_float16; bfloat16: mixed_bfloat16; auto: "
              "bfloat16 on TPUs and GPUs of compute capability 8.0+, float16 on older GPUs, "
              "float32 on CPUs."))
@@ -111,7 +113,7 @@ class RuntimeConfig:
         help="With --mixed_precision=auto and no GPU or TPU: mixed_bfloat16 when the CPU "
              "computes bfloat16 natively (it lists AVX512-BF16 or AMX), float32 otherwise."))
     strategy: str = dataclasses.field(default="auto", metadata=dict(
-        choices=devices_lib.STRATEGIES,
+        choices=devices.STRATEGIES,
         help="multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG; mirrored: "
              "MirroredStrategy; auto: multi_worker when TF_CONFIG names several tasks, mirrored "
              "with several GPUs, else none."))
@@ -128,6 +130,30 @@ class RuntimeConfig:
         help="Default models/exif_<field>.", flag_type="string"))
     verbose: int = dataclasses.field(default=1, metadata=dict(
         help="Keras fit verbosity: 0 silent, 1 bar, 2 line."))
+
+
+def _valid_share(value) -> bool:
+    return value is not None and 0.0 < float(value) <= 1.0
+
+
+@dataclasses.dataclass
+class CalibrationConfig:
+    """After training: the temperature fit on the validation split, the intervals' probability
+    mass and the consistency check's threshold (``training/calibration.py``)."""
+
+    calibrate: bool = dataclasses.field(default=True, metadata=dict(
+        help="Fit one temperature per classification head on the validation split after "
+             "training (temperature scaling, minimising the validation NLL), kept with the model "
+             "(run folder calibration.json) so the export, predict and explain give calibrated "
+             "probabilities; --nocalibrate leaves T = 1."))
+    interval: float = dataclasses.field(default=0.8, metadata=dict(
+        help="Fine heads: the probability mass of the interval of an estimate (the shortest run "
+             "of classes holding at least this much), in the metrics and the export.",
+        validator=(_valid_share, "--interval must be in (0, 1]")))
+    consistency_threshold: float = dataclasses.field(default=0.05, metadata=dict(
+        help="The EXIF consistency check measured in the metrics: a claimed class whose "
+             "calibrated probability is below this is flagged unlikely.",
+        validator=(_valid_share, "--consistency_threshold must be in (0, 1]")))
 
 
 # Flags that do not change what a run computes: a run may be resumed or re-exported with others.
@@ -158,6 +184,7 @@ class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    calibration: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
 
     def heads(self) -> tuple[labels.TaskSpec, ...]:
         """One TaskSpec per field of --field: the model's outputs."""
@@ -214,7 +241,7 @@ class TrainConfig:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
-             "runtime": RuntimeConfig}
+             "runtime": RuntimeConfig, "calibration": CalibrationConfig}
 
 
 def _flag_fields() -> list[dataclasses.Field]:

@@ -34,21 +34,20 @@ from exif_keras.data import pipeline
 from exif_keras.modeling import backbones, run_folder
 from exif_keras.modeling import model as model_lib
 from exif_keras.records import manifest as records_manifest
+from exif_keras.training import calibration, devices, evaluation
 from exif_keras.training import config as config_lib
-from exif_keras.training import devices as devices_lib
-from exif_keras.training import evaluation
 
 TrainConfig = config_lib.TrainConfig
 # export_fn(config, model_dir, model or None) -> the export's path
 ExportFn = Callable[[TrainConfig, str, Optional[keras.Model]], str]
 
-def _configure_devices(config: TrainConfig) -> devices_lib.Devices:
+def _configure_devices(config: TrainConfig) -> devices.Devices:
     """Logical CPUs, dtype policy and distribution strategy, before any model is built."""
     try:
-        return devices_lib.setup(config.runtime.mixed_precision, config.runtime.strategy,
+        return devices.setup(config.runtime.mixed_precision, config.runtime.strategy,
                                  config.runtime.logical_cpus,
                                  cpu_bfloat16=config.runtime.cpu_bfloat16)
-    except devices_lib.DeviceError as e:
+    except devices.DeviceError as e:
         raise TrainError(str(e)) from e
 
 
@@ -179,13 +178,13 @@ class _Inputs:
     """The run's tf.data pipelines: a training stream whose every epoch is a function of (seed,
     epoch), and deterministic evaluation datasets."""
 
-    def __init__(self, config: TrainConfig, counts: dict, dev: devices_lib.Devices):
+    def __init__(self, config: TrainConfig, counts: dict, dev: devices.Devices):
         self.config, self.counts, self.dev = config, counts, dev
         # Several replicas cannot split a short last batch inside fit (Keras 3 fails on an empty
         # replica): there, training drops it (fewer than batch_size images per epoch, reshuffled
         # each time) and so does the per-epoch validation; the final evaluation sees every image.
         self.drop_last = dev.replicas > 1
-        self.multi_worker = devices_lib.is_multi_worker(dev.strategy)
+        self.multi_worker = devices.is_multi_worker(dev.strategy)
 
     def _make(self, split: str, training: bool, in_fit: bool = False, epoch=None,
               batch_size=None, shard=None):
@@ -220,7 +219,7 @@ class _Inputs:
 
         try:
             return self.dev.distribute_training_data(stream, self.config.data.batch_size)
-        except devices_lib.DeviceError as e:
+        except devices.DeviceError as e:
             raise TrainError(str(e)) from e
 
     def validation_in_fit(self) -> Optional[tf.data.Dataset]:
@@ -264,7 +263,7 @@ def _fit(model, config: TrainConfig, inputs: _Inputs, model_dir: str, out_dir: s
     names = [h.name for h in heads]
     callbacks = [
         MeanOverHeads(names),
-        devices_lib.BackupAndRestore(backup_dir, os.path.join(out_dir, run_folder.BACKUP_DIR),
+        devices.BackupAndRestore(backup_dir, os.path.join(out_dir, run_folder.BACKUP_DIR),
                                      double_checkpoint=True, delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(
             os.path.join(out_dir, run_folder.BEST_WEIGHTS), monitor=monitor, mode=mode,
@@ -307,24 +306,126 @@ def _best_epoch(csv_path: str, monitor: str,
     return best_epoch, best_value
 
 
-def _evaluate(model, heads, inputs: _Inputs, eval_train: bool, manifest: dict,
-              model_config: model_lib.ModelConfig) -> dict:
-    """{split: {head name: results}} on the evaluation grid, every image of each split (see
-    evaluation.head_results; the majority class and the mean are the training split's)."""
+def _predict(model, inputs: _Inputs, eval_train: bool) -> dict:
+    """{split: ({head: labels}, {head: outputs})} on the evaluation grid, every image of each
+    split that has one."""
     splits = (["train"] if eval_train else []) + ["validation", "test"]
+    predictions = {}
+    for split in splits:
+        ds = inputs.evaluation(split)
+        if ds is not None:
+            predictions[split] = evaluation.predict_split(model, ds)
+    return predictions
+
+
+def _calibrate(config: TrainConfig, heads, predictions: dict, model_dir: str) -> dict:
+    """Fits each classification head's temperature on the validation split (T = 1 with
+    --nocalibrate, or without a validation split), writes calibration.json (so the export and
+    every later consumer get calibrated probabilities), and rescales ``predictions`` in place to
+    what the calibrated model answers. Returns {head: {"temperature", "splits": {split: nll, ece
+    (and intervals) before and after}}} and the raw predictions under "_raw"."""
+    validation = predictions.get("validation")
+    fit = config.calibration.calibrate and validation is not None
+    interval = config.calibration.interval
+    temperatures, masses, out = {}, {}, {}
+    for head in heads:
+        if head.task == "regression":
+            continue
+        temperature = 1.0
+        if fit:
+            temperature = calibration.fit_temperature(validation[0][head.name],
+                                                      validation[1][head.name])
+        temperatures[head.name] = temperature
+        out[head.name] = {"temperature": temperature, "fitted_on": "validation"}
+        if head.task == "fine":
+            # the intervals' mass level, fitted on the calibrated validation probabilities
+            masses[head.field] = calibration.fit_interval_mass(
+                validation[0][head.name], calibration.scale(validation[1][head.name],
+                                                            temperature),
+                interval) if fit else interval
+            out[head.name].update(interval=interval, interval_mass=masses[head.field])
+        out[head.name]["splits"] = {split: calibration.head_calibration(
+            y[head.name], p[head.name], temperature, head.task, interval, head.field,
+            masses.get(head.field)) for split, (y, p) in predictions.items()}
+    run_folder.save_calibration(model_dir, temperatures, calibrate=config.calibration.calibrate,
+                                fitted_on="validation", method="temperature scaling (NLL)",
+                                interval=interval, interval_masses=masses)
+    raw = {split: (y, dict(p)) for split, (y, p) in predictions.items()}
+    for _, p in predictions.values():
+        for name, temperature in temperatures.items():
+            if temperature != 1.0 and len(p[name]):
+                p[name] = calibration.scale(p[name], temperature).astype(np.float32)
+    out["_raw"] = raw
+    return out
+
+
+def _evaluate(heads, predictions: dict, manifest: dict, model_config: model_lib.ModelConfig,
+              calibrated: dict) -> dict:
+    """{split: {head name: results}} of the (calibrated) predictions, every image of each split
+    (see evaluation.head_results; the majority class and the mean are the training split's), with
+    each classification head's ``nll`` and ``ece`` and, for fine heads, ``interval_coverage`` and
+    ``interval_width_stops`` after calibration."""
     train_counts = {h.name: _train_class_counts(manifest, h.field) for h in heads}
     train_means = {h.name: h.mean for h in model_config.heads}
     results = {}
-    for split in splits:
-        ds = inputs.evaluation(split)
-        if ds is None:
-            continue
-        y, p = evaluation.predict_split(model, ds)
-        results[split] = {h.name: evaluation.head_results(h, y[h.name], p[h.name],
-                                                          train_counts[h.name],
-                                                          train_means[h.name])
-                          for h in heads}
+    for split, (y, p) in predictions.items():
+        results[split] = {}
+        for h in heads:
+            result = evaluation.head_results(h, y[h.name], p[h.name], train_counts[h.name],
+                                             train_means[h.name])
+            if h.name in calibrated:
+                after = calibrated[h.name]["splits"][split]
+                result.update({k[:-len("_after")]: v for k, v in after.items()
+                               if k.endswith("_after")})
+            results[split][h.name] = result
     return results
+
+
+def _consistency(config: TrainConfig, heads, predictions: dict) -> Optional[dict]:
+    """The EXIF consistency check on the test split (calibrated probabilities of the fine heads;
+    every label is the photo's true EXIF): calibration.consistency_metrics."""
+    fine = [h for h in heads if h.task == "fine"]
+    if not fine or "test" not in predictions:
+        return None
+    y, p = predictions["test"]
+    out = calibration.consistency_metrics({h.field: y[h.name] for h in fine},
+                                          {h.field: p[h.name] for h in fine},
+                                          config.calibration.consistency_threshold)
+    out["split"] = "test"
+    return out
+
+
+def _write_reliability(model_dir: str, heads, calibrated: dict, step: int) -> None:
+    """A reliability diagram per classification head on the test split (the validation split
+    when there is no test split), before and after calibration: reliability[_<head>].png and
+    TensorBoard."""
+    raw = calibrated.get("_raw") or {}
+    split = "test" if "test" in raw else ("validation" if "validation" in raw else None)
+    if split is None:
+        return
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, run_folder.LOG_DIR,
+                                                        "calibration"))
+    y, p = raw[split]
+    several = len(heads) > 1
+    for head in heads:
+        if head.name not in calibrated or not len(y[head.name]):
+            continue
+        temperature = calibrated[head.name]["temperature"]
+        numbers = calibrated[head.name]["splits"][split]
+        tables = []
+        for label, probabilities, ece in (
+                ("before (T = 1)", p[head.name], numbers["ece_before"]),
+                (f"after (T = {temperature:.3g})", calibration.scale(p[head.name], temperature),
+                 numbers["ece_after"])):
+            table = calibration.reliability(y[head.name], probabilities)
+            tables.append(dict(table, ece=ece, label=label))
+        image = figures.reliability_diagram(*tables, title=f"{head.name} ({head.task}), {split} "
+                                                           f"split: reliability")
+        figures.save_png(image, os.path.join(model_dir, run_folder.reliability_png(head.name,
+                                                                                   several)))
+        with writer.as_default():
+            tf.summary.image(f"reliability/{split}/{head.name}", image[None], step=step)
+    writer.flush()
 
 
 def _train_class_counts(manifest: dict, field: str) -> list[int]:
@@ -338,7 +439,7 @@ def _train_class_counts(manifest: dict, field: str) -> list[int]:
 
 
 def _metrics(config: TrainConfig, heads, results: dict, counts: dict, fit_state: dict,
-             dev: devices_lib.Devices) -> dict:
+             dev: devices.Devices) -> dict:
     """metrics.json: per head under fields.<name>, and the mean over heads at the top (for a
     one-head run the top level also carries that head's class names and test matrix)."""
 
@@ -430,7 +531,7 @@ def _finished(config: TrainConfig, model_dir: str, export_fn: Optional[ExportFn]
         return None
     logging.info("%s holds a finished run (use --retrain to start over)", model_dir)
     metrics["already_finished"] = True
-    if (config.runtime.export and devices_lib.chief_process()
+    if (config.runtime.export and devices.chief_process()
             and not (metrics.get("export_path") and os.path.isdir(metrics["export_path"]))):
         metrics["export_path"] = _export(export_fn, config, model_dir)
         files.write_json_atomic(os.path.join(model_dir, run_folder.METRICS),
@@ -514,10 +615,23 @@ def train(config: TrainConfig, extra_callbacks: Sequence = (),
     else:  # can only happen when every epoch was NaN
         model.save_weights(best_path)
 
-    # Evaluate every split, write the metrics and figures, export.
-    results = _evaluate(model, heads, inputs, config.runtime.eval_train, manifest, model_config)
+    # Evaluate every split, calibrate on the validation split, write the metrics and figures,
+    # export (with the temperatures, from calibration.json).
+    predictions = _predict(model, inputs, config.runtime.eval_train)
+    calibrated = _calibrate(config, heads, predictions, model_dir)
+    results = _evaluate(heads, predictions, manifest, model_config, calibrated)
     metrics = _metrics(config, heads, results, counts, fit_state, dev)
+    for name, numbers in calibrated.items():
+        if name != "_raw":
+            metrics["fields"][name]["calibration"] = numbers
+    metrics["calibration"] = {
+        "calibrate": config.calibration.calibrate, "interval": config.calibration.interval,
+        "temperatures": {n: c["temperature"] for n, c in calibrated.items() if n != "_raw"},
+        "interval_masses": {n: c["interval_mass"] for n, c in calibrated.items()
+                            if n != "_raw" and "interval_mass" in c}}
+    metrics["consistency"] = _consistency(config, heads, predictions)
     _write_confusion_matrices(model_dir, heads, results, step=config.optim.epochs)
+    _write_reliability(model_dir, heads, calibrated, step=config.optim.epochs)
     if config.runtime.export:
         metrics["export_path"] = _export(export_fn, config, model_dir, model)
     figures.training_curves(os.path.join(model_dir, run_folder.CSV_LOG),
@@ -527,7 +641,9 @@ def train(config: TrainConfig, extra_callbacks: Sequence = (),
     return metrics
 
 
-STOP_METRICS = ("within_one_stop", "mae_stops", "majority_mae_stops", "binary_accuracy")
+STOP_METRICS = ("within_one_stop", "mae_stops", "majority_mae_stops", "binary_accuracy",
+                "interval_coverage", "interval_width_stops")
+CALIBRATION_METRICS = ("nll", "ece")
 REGRESSION_METRICS = ("accuracy", "mae_stops", "rmse_stops", "mean_baseline_mae_stops",
                       "prediction_std_ratio")
 
@@ -553,5 +669,10 @@ def summary(metrics: dict) -> str:
             if field["task"] == "fine":
                 rows.extend([prefix + key] + [r.get(key) for r in per_split]
                             for key in STOP_METRICS)
+            rows.extend([prefix + key] + [r.get(key) for r in per_split]
+                        for key in CALIBRATION_METRICS if any(key in r for r in per_split))
+            if "calibration" in field:
+                rows.append([prefix + "temperature"] + [field["calibration"]["temperature"]]
+                            * len(splits))
         rows.append([prefix + "images"] + [field["splits"][s]["count"] for s in splits])
     return evaluation.format_table(rows, ["accuracy"] + splits)

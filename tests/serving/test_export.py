@@ -529,10 +529,11 @@ def train_config(records, tmp_path, **overrides):
 
 
 def model_of_run(model_dir: str) -> keras.Model:
-    """The run's model as evaluation sees it: its config, its best weights, this dtype policy."""
+    """The run's model as evaluation sees it: its config, its best weights, this dtype policy,
+    and the temperatures training fitted (calibration.json)."""
     model = model_lib.build_model(run_folder.load_model_config(model_dir))
     model.load_weights(os.path.join(model_dir, run_folder.BEST_WEIGHTS))
-    return model
+    return model_lib.calibrated(model, run_folder.read_temperatures(model_dir))
 
 
 TEST_PHOTOS = [encode(textured(90, 130, 20)), encode(textured(130, 90, 21), "PNG"),

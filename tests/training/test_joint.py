@@ -75,7 +75,8 @@ def test_joint_signature_outputs_one_row_per_photo(joint):
     images = [photo(i) for i in range(3)]
     out = signature(image_bytes=tf.constant(images))
     expected = {f"{f}_{o}" for f in FIELDS for o in ("probabilities", "class_ids", "class_names")}
-    expected |= {"exposure_time", "f_number", "iso", "exif_text"}
+    expected |= {"exposure_time", "f_number", "iso", "exif_text", "exif_range_text"}
+    expected |= {f"{f}_{end}" for f in FIELDS for end in ("low", "high")}   # the intervals
     assert set(out) == expected
     for f in FIELDS:
         assert out[f"{f}_probabilities"].shape == (3, labels.field_spec(f).num_classes)
@@ -135,5 +136,6 @@ def test_predict_prints_estimates_and_stop_errors(joint, tmp_path, capsys):
     # text mode: settings as cameras write them, the EXIF value and the error in stops
     predictor.run([str(tmp_path / "a.jpg")], export_dir)
     text = capsys.readouterr().out
-    assert " s  f/" in text and "  ISO " in text and "EXIF 1/125 s: shutter " in text
+    assert " s (" in text and "  f/" in text and "  ISO " in text   # estimates (intervals)
+    assert "EXIF 1/125 s: shutter " in text
     assert "MAE stops" in text and "majority MAE" in text

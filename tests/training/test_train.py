@@ -61,6 +61,13 @@ def test_train_writes_metrics_checkpoint_and_logs(records, tmp_path):
     assert list((run / run_folder.LOG_DIR).rglob("events.out.tfevents.*"))
     assert not (run / run_folder.BACKUP_DIR).exists(), "a finished run removes its backup"
     assert "fast: 1/250 s or shorter" in trainer.summary(metrics)
+    # a binary model is calibrated too: its temperature, nll and ece, a reliability diagram
+    calibrated = saved["fields"]["shutter"]["calibration"]
+    assert calibrated["temperature"] == run_folder.read_temperatures(str(run))["shutter"]
+    assert saved["fields"]["shutter"]["splits"]["test"]["ece"] == \
+        calibrated["splits"]["test"]["ece_after"]
+    assert "interval_coverage_after" not in calibrated["splits"]["test"]
+    assert (run / run_folder.RELIABILITY_PNG).exists() and saved["consistency"] is None
 
 
 def test_resume_after_a_crash_ends_with_the_same_epochs(records, tmp_path, monkeypatch):
@@ -296,6 +303,34 @@ def test_joint_fine_model_of_all_fields(records, tmp_path):
         assert (tmp_path / "run" / f"confusion_matrix_{name}.png").exists()
     table = trainer.summary(metrics)
     assert "iso: mae_stops" in table and "mean over fields" in table
+    # calibration (issue 17): a temperature per head fitted on the validation split, kept in the
+    # run folder; nll/ece before and after, the intervals' coverage and width, the consistency
+    temperatures = run_folder.read_temperatures(str(tmp_path / "run"))
+    assert set(temperatures) == {"shutter", "aperture", "iso"}
+    assert metrics["calibration"]["temperatures"] == temperatures
+    for name, field in metrics["fields"].items():
+        assert field["calibration"]["temperature"] == temperatures[name] > 0
+        for split in ("train", "validation", "test"):
+            numbers = field["calibration"]["splits"][split]
+            for key in ("nll", "ece", "interval_coverage", "interval_width_stops"):
+                assert numbers[f"{key}_before"] is not None, (name, split, key)
+                assert field["splits"][split][key] == numbers[f"{key}_after"]
+        validation = field["calibration"]["splits"]["validation"]
+        assert validation["nll_after"] <= validation["nll_before"] + 1e-9  # fitted there
+        assert (tmp_path / "run" / run_folder.reliability_png(name, True)).exists()
+    masses = run_folder.read(str(tmp_path / "run"), need_weights=False).interval_masses
+    assert set(masses) == {"shutter", "aperture", "iso"}
+    assert metrics["calibration"]["interval_masses"] == masses
+    for name, field in metrics["fields"].items():
+        validation = field["calibration"]["splits"]["validation"]
+        assert field["calibration"]["interval_mass"] == masses[name]
+        # the fitted level makes the validation intervals cover 0.8 (finite-sample quantile)
+        assert validation["interval_coverage_after"] >= 0.8
+    consistency = metrics["consistency"]
+    assert consistency["split"] == "test" and consistency["threshold"] == 0.05
+    assert set(consistency["false_alarms"]) == {"shutter", "aperture", "iso"}
+    assert set(consistency["fields"]["iso"]) == {"-3", "-2", "+2", "+3"}
+    assert "iso: interval_coverage" in table and "iso: temperature" in table
     with pytest.raises(trainer.TrainError, match="ordinal_sigma"):
         trainer.train(tiny_config(records, tmp_path / "bad", ordinal_sigma=1.0))
 
