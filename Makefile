@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test lint records install clean figure5
+.PHONY: demo test lint records install clean figure5 serve
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,beam]'
+	$(PY) -m pip install --quiet -e '.[test,beam,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,6 +32,12 @@ demo: $(STAMP) data/records/manifest.json
 figure5: $(STAMP) data/records/manifest.json
 	$(PY) -m exif_keras.study --flagfile=pipelines/studies/demo_patches.flags
 	@echo "figure 5 (sample): runs/studies/demo_patches/figure.png, table: runs/studies/demo_patches/results.md"
+
+# The page for a person with a photo (issue 18) on the demo's export: http://127.0.0.1:7860
+# (after `make demo`; Ctrl-C stops it). Any other export: python -m exif_keras.serve --model=...
+serve: $(STAMP)
+	@test -d models/exif_shutter || { echo "no models/exif_shutter: run make demo first"; exit 2; }
+	$(PY) -m exif_keras.serve --model=models/exif_shutter
 
 # Lint (ruff: pyflakes, import order, bugbear) first, then the suite.
 test: $(STAMP)
