@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import numpy as np
 import pytest
@@ -15,6 +14,8 @@ from exif_keras.common import labels
 from exif_keras.data import patches, pipeline
 from exif_keras.records import features
 from exif_keras.records import manifest as records_manifest
+
+from fakes import jpeg, textured, write_split
 
 P = 32   # patch size used throughout: small keeps the tests fast
 K = 4    # patches per image
@@ -42,32 +43,6 @@ def where_is(patch: np.ndarray) -> tuple[int, int]:
     """Top-left (y, x) of a coordinate-image patch, from its first pixel."""
     r, g, b = (int(v) - 1 for v in patch[0, 0])
     return (b // 16) * 255 + r, (b % 16) * 255 + g
-
-
-def jpeg(array: np.ndarray, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def textured(height: int, width: int, seed: int, grey: bool = False) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (height, width) if grey else (height, width, 3)
-    return rng.integers(0, 256, size=shape, dtype=np.uint8)
-
-
-def write_split(data_dir, split: str, records: list[tuple[np.ndarray, dict]], shards: int = 1):
-    """records: (image array, {field: fine label}); source_id = position in ``records``."""
-    writers = [tf.io.TFRecordWriter(os.path.join(
-        data_dir, features.SHARD_PATTERN.format(split=split, index=i, count=shards)))
-        for i in range(shards)]
-    for n, (array, fine) in enumerate(records):
-        ex = features.make_example(encoded=jpeg(array), height=array.shape[0],
-                                   width=array.shape[1], source_id=str(n), exposure_time=None,
-                                   f_number=None, iso=None, labels=fine)
-        writers[n % shards].write(ex.SerializeToString())
-    for w in writers:
-        w.close()
 
 
 def decoded_jpeg(array: np.ndarray) -> np.ndarray:

@@ -3,14 +3,12 @@ here fails when its promise is broken by a one-line change (see tests/MUTATION.m
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from exif_keras.common import labels, stops
 from exif_keras.data import pipeline
@@ -18,32 +16,10 @@ from exif_keras.records import features
 from exif_keras.records import manifest as records_manifest
 from exif_keras.training import trainer
 
+from fakes import jpeg, textured, write_split
+
 P, K = 16, 1
 N = 12  # records in the single shard, one fine shutter class each: the label names the record
-
-
-def jpeg(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def textured(height: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-
-
-def write_split(data_dir, split: str, records: list[tuple[np.ndarray, dict]], shards: int = 1):
-    """records: (image array, {field: fine label}); source_id = position in ``records``."""
-    writers = [tf.io.TFRecordWriter(os.path.join(
-        data_dir, features.SHARD_PATTERN.format(split=split, index=i, count=shards)))
-        for i in range(shards)]
-    for n, (array, fine) in enumerate(records):
-        ex = features.make_example(encoded=jpeg(array), height=array.shape[0],
-                                   width=array.shape[1], source_id=str(n), exposure_time=None,
-                                   f_number=None, iso=None, labels=fine)
-        writers[n % shards].write(ex.SerializeToString())
-    for w in writers:
-        w.close()
 
 
 @pytest.fixture(scope="module")

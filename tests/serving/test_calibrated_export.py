@@ -5,7 +5,6 @@ unchanged."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -14,7 +13,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, TiffImagePlugin
 
 from exif_keras.common import labels, stops
 from exif_keras.data import patches
@@ -23,6 +21,8 @@ from exif_keras.modeling import run_folder
 from exif_keras.serving import exporter, predictor
 from exif_keras.serving.signature import SIGNATURE_NAME
 from exif_keras.training import calibration
+
+from fakes import exif_photo as photo
 
 K, P = 2, 32
 FIELDS = labels.FIELDS
@@ -46,21 +46,6 @@ def make_run(model_dir: str, field: str = "all", task: str = "fine", temperature
     if temperatures is not None:
         run_folder.save_calibration(model_dir, temperatures)
     return model
-
-
-def photo(seed: int, exposure=None, f_number=None, iso=None) -> bytes:
-    array = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    exif = Image.Exif()
-    ifd = exif.get_ifd(0x8769)
-    if exposure:
-        ifd[0x829A] = TiffImagePlugin.IFDRational(*exposure)
-    if f_number:
-        ifd[0x829D] = TiffImagePlugin.IFDRational(*f_number)
-    if iso:
-        ifd[0x8827] = iso
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "JPEG", quality=90, exif=exif)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
