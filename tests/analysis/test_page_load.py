@@ -176,9 +176,9 @@ def bad_files(folder: str, good: bytes) -> tuple[str, str]:
 @pytest.mark.slow
 def test_page_under_concurrent_clients_small(page_exports, tmp_path):
     pytest.importorskip("gradio", reason="the serve extra: pip install -e '.[serve]'")
-    from page_fixtures import photos, running, write
-
     from exif_keras.analysis import page as page_lib
+
+    from page_fixtures import photos, running, write
 
     export = page_exports["joint"]
     paths = sorted(write(str(tmp_path), {**photos(1), **{
@@ -216,9 +216,33 @@ def wait_for(url: str, process, seconds: float = 180.0) -> None:
     raise RuntimeError(f"no page at {url} after {seconds:.0f} s")
 
 
+def paper_export(folder: str) -> str:
+    """An export of the paper's configuration (VGG16 to block3_conv3, k = 8 patches of 128 px,
+    a binary shutter head) with random weights, for timing the page where the model does the work
+    of the paper's (no ImageNet download; the timing does not depend on the weights)."""
+    import keras
+
+    from exif_keras.common import labels
+    from exif_keras.modeling import model as model_lib
+    from exif_keras.modeling import run_folder
+    from exif_keras.serving import exporter
+
+    heads = labels.task_specs("shutter", "binary")
+    config = model_lib.ModelConfig(heads=(model_lib.HeadConfig("shutter", 2),), num_patches=8,
+                                   patch_size=128, backbone="vgg16", backbone_weights=None)
+    run_dir = os.path.join(folder, "run")
+    run_folder.save(run_dir, config, heads, {"field": "shutter", "task": "binary"})
+    keras.utils.set_random_seed(0)
+    model_lib.build_model(config).save_weights(run_folder.path(run_dir, run_folder.BEST_WEIGHTS))
+    return exporter.export_model(run_dir, os.path.join(folder, "models", "exif_shutter"),
+                                 write_config=False)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="the page under load (BUILD.md)")
-    parser.add_argument("--model", default="models/exif_shutter")
+    parser.add_argument("--model", default="models/exif_shutter",
+                        help="an export; 'paper': the paper's VGG16 configuration, random "
+                             "weights, built in a temporary folder")
     parser.add_argument("--photos", default="data/sample")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--per_client", type=int, default=25)
@@ -227,6 +251,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
     import tempfile
+
+    if args.model == "paper":
+        args.model = paper_export(tempfile.mkdtemp(prefix="paper_export_"))
 
     photos = sorted(os.path.join(args.photos, n) for n in os.listdir(args.photos)
                     if n.lower().endswith(".jpg"))[: args.clients * args.per_client]
