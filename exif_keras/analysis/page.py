@@ -122,9 +122,7 @@ def _text(value) -> str:
 
 def verdict_text(check: dict) -> str:
     """``the photo's EXIF: unlikely (score 7.2; shutter)``, as predict words the verdict."""
-    unlikely = [f for f, c in check["fields"].items() if c["verdict"] == stops.UNLIKELY]
-    return (f"the photo's EXIF: {check['verdict']} (score {check['score']:.1f}"
-            + (f"; {', '.join(unlikely)}" if unlikely else "") + ")")
+    return f"the photo's EXIF: {predictor.verdict_text(check)}"
 
 
 def _error_cell(field: str, error: Optional[float]) -> str:

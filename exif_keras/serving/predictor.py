@@ -440,10 +440,16 @@ def estimate_line(path: str, estimate: dict, truth: dict,
             + ("" if t.get("in_interval") is None else
                (", inside" if t["in_interval"] else ", outside")) for f, t in known)
     if check is not None:
-        unlikely = [f for f, c in check["fields"].items() if c["verdict"] == stops.UNLIKELY]
-        text += f"  | {check['verdict']} (score {check['score']:.1f}" + (
-            f"; {', '.join(unlikely)}" if unlikely else "") + ")"
+        text += f"  | {verdict_text(check)}"
     return text
+
+
+def verdict_text(check: dict) -> str:
+    """``unlikely (score 7.2; shutter)``: a photo's consistency check (:func:`consistency`) in
+    words, the fields it found unlikely named; what predict prints and the page shows."""
+    unlikely = [f for f, c in check["fields"].items() if c["verdict"] == stops.UNLIKELY]
+    return (f"{check['verdict']} (score {check['score']:.1f}"
+            + (f"; {', '.join(unlikely)}" if unlikely else "") + ")")
 
 
 def estimate_summary(rows: Sequence[dict], failed: Sequence, fields: Sequence[str],
