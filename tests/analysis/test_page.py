@@ -13,6 +13,11 @@ import pytest
 
 pytest.importorskip("gradio", reason="the serve extra: pip install -e '.[serve]'")
 
+from exif_keras import serve  # noqa: E402
+from exif_keras.analysis import page as page_lib  # noqa: E402
+from exif_keras.serving import predictor  # noqa: E402
+
+from image_bombs import jpeg_header_bomb, png_header_bomb  # noqa: E402
 from page_fixtures import (  # noqa: E402
     BatchRecorder,
     K,
@@ -23,12 +28,6 @@ from page_fixtures import (  # noqa: E402
     textured,
     write,
 )
-
-from exif_keras import serve  # noqa: E402
-from exif_keras.analysis import page as page_lib  # noqa: E402
-from exif_keras.serving import predictor  # noqa: E402
-
-from image_bombs import jpeg_header_bomb, png_header_bomb  # noqa: E402
 
 
 @pytest.fixture(scope="module")

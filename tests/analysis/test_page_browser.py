@@ -116,10 +116,10 @@ def patch_labels(page, count: int) -> list[str]:
 @pytest.mark.skipif(bool(browser_missing()), reason=browser_missing() or "ok")
 def test_page_in_headless_chromium(tmp_path, page_exports):
     pytest.importorskip("gradio", reason="the serve extra: pip install -e '.[serve]'")
-    from page_fixtures import as_predict_line, photos, running, write
-
     from exif_keras.analysis import page as page_lib
     from exif_keras.serving import predictor
+
+    from page_fixtures import as_predict_line, photos, running, write
 
     export = page_exports["joint"]
     files = write(str(tmp_path / "photos"), {**photos(), "corrupt.jpg": photos()["rgb.jpg"][:900]})
@@ -182,9 +182,9 @@ def main(argv=None) -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import tempfile
 
-    from page_fixtures import running
-
     from exif_keras.analysis import page as page_lib
+
+    from page_fixtures import running
 
     page_ = page_lib.Page(args.model)
     blocks = page_lib.build(page_, page_lib.sample_examples(args.examples))
