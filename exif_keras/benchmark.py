@@ -37,6 +37,18 @@ than either figure alone):
    ``mixed_bfloat16`` dtype policy (same weights), all four measured interleaved: the bfloat16
    ratios say what ``--mixed_precision=bfloat16`` buys on this machine (on a CPU, it pays off
    where oneDNN has AVX512-BF16 or AMX; the section records whether /proc/cpuinfo lists them).
+7. **limits**: the FLOP rate of a large float32 matrix product (``tf.matmul`` of two n x n
+   matrices, ``2 n^3`` FLOPs a call; n 2048 on a CPU, 8192 on a GPU, 512 with --quick): the
+   practical ceiling of this CPU or GPU, measured in the same interleaved rounds as the trunk's
+   forward pass (folded ``[B*k, P, P, 3]``) and the training step (``train_on_batch``) of two
+   configurations, "paper" (the model above, train batch B) and "demo" (the demo's model as
+   pipelines/demo.flags sets it, read at run time: scratch backbone, its batch; --quick keeps the
+   train batch and k), and each trunk convolution alone on an input of its shape. Each is
+   reported as achieved GFLOP/s (images/s x FLOPs per image, counted from the Conv2D and Dense
+   layers: the forward pass; for the step forward and backward, ~3x the forward of whatever
+   trains) and as ``fraction_of_ceiling``. Also the oneDNN instruction set in effect (a child
+   process with ``ONEDNN_VERBOSE=1``) against ``ONEDNN_MAX_CPU_ISA``, with a note when the limit
+   did not take effect. See :func:`exif_keras.analysis.benchmarks.limits_section`.
 
 Method (``exif_keras.analysis.timing``): every section builds its measurements first, calls each
 one untimed to trace and warm up, then runs ``repeats`` rounds; in each round every measurement
@@ -93,8 +105,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Interleaved rounds per section (m
                                 lower_bound=1)
 _STEPS = flags.DEFINE_integer(
     "steps", None, "Timed iterations per measurement (pipeline batches, training steps, serving "
-    "calls); default per section: 8 batches; 2 steps on CPU (20 on GPU); serving max(1, 8/batch) "
-    "calls on CPU (max(5, 64/batch) on GPU).", lower_bound=1)
+    "calls); default per section: 8 batches; 2 steps on CPU (20 on GPU; limits too, its matmul "
+    "at least 4 calls, 8 with --quick, 20 on GPU, each layer alone 1 call on CPU); serving "
+    "max(1, 8/batch) calls on CPU (max(5, 64/batch) on GPU).", lower_bound=1)
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 256, "Photos in the generated sample.",
                                    lower_bound=1)
 _SERVING_BATCH_SIZES = flags.DEFINE_list("serving_batch_sizes", ["1", "32"],

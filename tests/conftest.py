@@ -17,6 +17,18 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpora" / "real-exif"   # tests that need it skip without it
 
 
+def pytest_runtest_setup(item):
+    """``@pytest.mark.dtype_policy("mixed_bfloat16")``: skip, saying why, where oneDNN cannot run
+    that policy's convolutions (a bfloat16 CPU held to AVX2 by ONEDNN_MAX_CPU_ISA, as the
+    reference conditions of BUILD.md's speed table are)."""
+    for marker in item.iter_markers("dtype_policy"):
+        from exif_keras.training import devices
+
+        reason = devices.onednn_refuses(marker.args[0])
+        if reason:
+            pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def sample_photos(tmp_path_factory) -> pathlib.Path:
     """48 photos of the built-in sample (seed 3), MIRFLICKR-25k layout: the same path as

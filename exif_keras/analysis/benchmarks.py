@@ -1,5 +1,6 @@
-"""The speed benchmark's sections (convert, pipeline, train, patch_modes, serving, precision),
-its configuration, the data it measures on and its reports (text, Markdown, JSON-ready dict).
+"""The speed benchmark's sections (convert, pipeline, train, patch_modes, serving, precision,
+limits), its configuration, the data it measures on and its reports (text, Markdown, JSON-ready
+dict).
 
 The library of ``python -m exif_keras.benchmark``, whose docstring describes every section and
 the method; the timing itself (interleaved rounds, medians, ratios) is
@@ -41,7 +42,8 @@ except Exception as e:  # noqa: BLE001 - any failure to import only disables tha
     exporter = signature = None
     EXPORT_IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
-SECTIONS = ("convert", "pipeline", "train", "patch_modes", "serving", "precision")
+SECTIONS = ("convert", "pipeline", "train", "patch_modes", "serving", "precision", "limits")
+DATA_SECTIONS = ("convert", "pipeline", "serving")  # those that need the generated sample
 PIPELINE_FIELD, PIPELINE_TASK = "shutter", "fine"   # every sample photo has a fine shutter class
 SERVING_FIELD, SERVING_TASK = "shutter", "binary"
 SERVING_IMAGE_SIZE = (500, 375)                      # width, height of the served JPEGs
@@ -52,6 +54,22 @@ GOAL_RATIO = 0.8              # pipeline per core vs decode; training step vs tr
 DATA_MARKER = "benchmark_data.json"
 PRECISION_TRUNK_PATCHES = 32  # patches per trunk forward in the precision section
 PRECISIONS = (("float32", "float32"), ("bfloat16", "mixed_bfloat16"))  # name, Keras policy
+# limits: the ceiling's matmul size n and its calls per round, by device and --quick
+LIMITS_MATMUL = {"cpu": (2048, 4), "cpu_quick": (512, 8), "gpu": (8192, 20),
+                 "gpu_quick": (2048, 8)}
+# The demo's training flagfile (make demo), read at run time; the constants stand in where it is
+# missing (an installed package) or does not parse.
+DEMO_FLAGFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "pipelines", "demo.flags")
+DEMO_DEFAULTS = {"backbone": "scratch", "trunk_layer": "block3_conv3", "num_patches": 8,
+                 "patch_size": 64, "filters": 16, "scratch_width_divisor": 4,
+                 "normalization": "dataset", "batchnorm_momentum": 0.9, "batch_size": 32}
+ONEDNN_ISA_VARIABLES = devices.ONEDNN_ISA_ENV  # ONEDNN_MAX_CPU_ISA, DNNL_MAX_CPU_ISA
+ONEDNN_PROBE_TIMEOUT_S = 120.0
+# One tiny convolution on the CPU, so that oneDNN (ONEDNN_VERBOSE=1) prints its instruction set.
+ONEDNN_PROBE = ("import tensorflow as tf\n"
+                "with tf.device('/CPU:0'):\n"
+                "    tf.nn.conv2d(tf.ones([1, 8, 8, 3]), tf.ones([3, 3, 3, 4]), 1, 'SAME')\n")
 
 
 # ------------------------------------------------------------------------------- configuration
@@ -426,22 +444,28 @@ def pipeline_section(config: BenchConfig, records_dir: str, steps: int,
     return result
 
 
+def layer_flops(model: keras.Model) -> dict[str, int]:
+    """{layer name: multiply-adds x 2 of one forward pass on one input} of the Conv2D and Dense
+    layers of a (sub-)model, from their kernel and output shapes: a Conv2D costs
+    ``2 * H_out * W_out * kh * kw * C_in * C_out``, a Dense ``2 * inputs * units``. Biases,
+    BatchNormalization, activations and pooling (a few percent) are not counted."""
+    out = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, _ = layer.output.shape
+            kh, kw, cin, cout = layer.kernel.shape
+            out[layer.name] = int(2 * h * w * kh * kw * cin * cout)
+        elif isinstance(layer, keras.layers.Dense):
+            out[layer.name] = int(2 * layer.kernel.shape[0] * layer.kernel.shape[1])
+    return out
+
+
 def per_patch_flops(model: keras.Model) -> dict:
-    """Multiply-adds x 2 of the convolutions and dense layers of one patch: trunk and head."""
-
-    def flops(sub: keras.Model) -> int:
-        total = 0
-        for layer in sub.layers:
-            if isinstance(layer, keras.layers.Conv2D):
-                _, h, w, _ = layer.output.shape
-                kh, kw, cin, cout = layer.kernel.shape
-                total += 2 * h * w * kh * kw * cin * cout
-            elif isinstance(layer, keras.layers.Dense):
-                total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
-        return int(total)
-
+    """Multiply-adds x 2 of the convolutions and dense layers of one patch: trunk and head
+    (:func:`layer_flops`), and the training step's estimate per patch."""
     trunk, head = model_lib.trunk_of(model), model_lib.head_of(model)
-    out = {"trunk": flops(trunk), "head": flops(head), "trunk_trainable": bool(trunk.trainable)}
+    out = {"trunk": sum(layer_flops(trunk).values()), "head": sum(layer_flops(head).values()),
+           "trunk_trainable": bool(trunk.trainable)}
     # Training: a frozen trunk runs forward only; the head forward and backward (~2x its forward).
     # A trainable trunk (scratch) needs its backward too.
     train = out["trunk"] * (1 if not trunk.trainable else 3) + 3 * out["head"]
@@ -561,6 +585,11 @@ def precision_section(config: BenchConfig, resolved: dict,
                                        dtype=np.uint8))
     previous = keras.config.dtype_policy()
     measurements, initial, policies = [], None, {}
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    refused = {name: devices.onednn_refuses(policy) for name, policy in PRECISIONS
+               if not gpu and devices.onednn_refuses(policy)}
+    if refused:  # e.g. a bfloat16 CPU held to AVX2 by ONEDNN_MAX_CPU_ISA
+        return {"skipped": "; ".join(refused.values())}
     try:
         for name, policy in PRECISIONS:
             start = time.perf_counter()
@@ -706,6 +735,341 @@ def serving_section(config: BenchConfig, resolved: dict, sample_dir: str, work_d
     }
 
 
+# --------------------------------------------------------------------------------------- limits
+
+def demo_settings(flagfile: Optional[str] = None) -> tuple[dict, str]:
+    """The demo's model settings (the keys of :data:`DEMO_DEFAULTS`) from its training flagfile
+    (default :data:`DEMO_FLAGFILE`), read with the training command's own flag definitions
+    (``--flagfile=`` includes too) into a flag set of its own, and where they came from: the
+    file, or the built-in constants (with the reason) when it is missing or does not parse."""
+    flagfile = flagfile or DEMO_FLAGFILE
+    if not os.path.isfile(flagfile):
+        return dict(DEMO_DEFAULTS), f"built-in constants ({flagfile} not found)"
+    try:
+        from absl import flags
+
+        from exif_keras.training import config as train_config
+
+        values = flags.FlagValues()
+        train_config.define_flags(values)
+        values(["demo", f"--flagfile={flagfile}"], known_only=True)
+        train = train_config.TrainConfig.from_flags(values)
+    except Exception as e:  # noqa: BLE001 - a flagfile being edited: report, use the constants
+        return dict(DEMO_DEFAULTS), (f"built-in constants ({flagfile} did not parse: "
+                                     f"{type(e).__name__}: {e})")
+    settings = {name: getattr(train.model, name) for name in DEMO_DEFAULTS
+                if hasattr(train.model, name)}
+    settings.update(num_patches=train.data.num_patches, patch_size=train.data.patch_size,
+                    batch_size=train.data.batch_size)
+    try:
+        source = os.path.relpath(flagfile)
+    except ValueError:
+        source = flagfile
+    return settings, source
+
+
+def _start_onednn_probe():
+    """The child process of :func:`onednn_reported_isa`, started (None when it cannot start)."""
+    import subprocess
+
+    env = dict(os.environ, ONEDNN_VERBOSE="1", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    try:
+        return subprocess.Popen([sys.executable, "-c", ONEDNN_PROBE], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError:
+        return None
+
+
+def _onednn_probe_result(child, timeout_s: float = ONEDNN_PROBE_TIMEOUT_S) -> Optional[str]:
+    """The text after ``isa:`` of the child's line ``onednn_verbose,v1,info,cpu,isa:...``."""
+    import subprocess
+
+    if child is None:
+        return None
+    try:
+        stdout, stderr = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        return None
+    for line in (stdout + "\n" + stderr).splitlines():
+        if line.startswith("onednn_verbose") and ",cpu,isa:" in line:
+            return line.split(",cpu,isa:", 1)[1].strip() or None
+    return None
+
+
+def onednn_reported_isa(timeout_s: float = ONEDNN_PROBE_TIMEOUT_S) -> Optional[str]:
+    """The instruction set oneDNN runs with in this environment, in its own words ("Intel
+    AVX2"): a child process (this Python, this environment, so ``ONEDNN_MAX_CPU_ISA`` applies;
+    ``ONEDNN_VERBOSE=1`` and no GPU added) runs one tiny convolution on the CPU and oneDNN prints
+    ``onednn_verbose,v1,info,cpu,isa:Intel AVX2``. None when oneDNN is off
+    (``TF_ENABLE_ONEDNN_OPTS=0``), prints no such line, or the child fails or times out."""
+    return _onednn_probe_result(_start_onednn_probe(), timeout_s)
+
+
+def onednn_limit(environ: Optional[Mapping[str, str]] = None
+                 ) -> tuple[Optional[str], Optional[str]]:
+    """(variable, value) of the instruction-set limit in the environment: ONEDNN_MAX_CPU_ISA, or
+    the older DNNL_MAX_CPU_ISA that oneDNN also reads; (None, None) when neither is set."""
+    environ = os.environ if environ is None else environ
+    for name in ONEDNN_ISA_VARIABLES:
+        if environ.get(name):
+            return name, environ[name]
+    return None, None
+
+
+def _isa_level(text: str, limit: bool) -> Optional[int]:
+    """Coarse level of an instruction set, 0 SSE4.1 < 1 AVX < 2 AVX2 < 3 AVX-512 < 4 AMX: of a
+    limit's name (AVX2, AVX512_CORE_BF16, AVX10_1_512_AMX, ...) or of oneDNN's report ("Intel
+    AVX-512 with ..."); None for a limit of ALL/DEFAULT or an unknown name."""
+    t = text.strip().upper()
+    if "AMX" in t:
+        return 4
+    if limit:
+        if t.startswith(("AVX512", "AVX10")):
+            return 3
+        for level, prefix in ((2, "AVX2"), (1, "AVX"), (0, "SSE")):
+            if t.startswith(prefix):
+                return level
+        return None
+    for level, word in ((3, "AVX-512"), (3, "AVX512"), (2, "AVX2"), (1, "AVX")):
+        if word in t:
+            return level
+    return 0
+
+
+def isa_consistent(limit: Optional[str], isa: Optional[str]) -> Optional[bool]:
+    """Whether oneDNN's reported instruction set ``isa`` stays within ``limit`` (the value of
+    ONEDNN_MAX_CPU_ISA), at the coarse levels of :func:`_isa_level`; None when either is unknown
+    or the limit is ALL/DEFAULT."""
+    if not limit or not isa:
+        return None
+    cap = _isa_level(limit, limit=True)
+    return None if cap is None else _isa_level(isa, limit=False) <= cap
+
+
+def onednn_info(isa: Optional[str], environ: Optional[Mapping[str, str]] = None) -> dict:
+    """The limits section's record of the instruction set: oneDNN's report ``isa``
+    (:func:`onednn_reported_isa`), the environment's limit, whether they agree (:func:`isa_consistent`)
+    and, when they do not, the note that says so."""
+    environ = os.environ if environ is None else environ
+    variable, limit = onednn_limit(environ)
+    consistent = isa_consistent(limit, isa)
+    try:
+        expected = devices.onednn_isa(environ)  # from /proc/cpuinfo and the limit
+    except devices.DeviceError:
+        expected = None
+    return {"isa": isa, "expected_isa": expected,
+            "max_cpu_isa_variable": variable, "max_cpu_isa": limit,
+            "onednn_max_cpu_isa": environ.get("ONEDNN_MAX_CPU_ISA"), "consistent": consistent,
+            "note": (f"{variable}={limit} but oneDNN reports {isa}: the limit did not take "
+                     "effect") if consistent is False else None}
+
+
+def _limits_model_config(settings: Mapping) -> model_lib.ModelConfig:
+    """The model of one limits configuration: one binary head, random weights."""
+    return model_lib.ModelConfig(
+        heads=(model_lib.HeadConfig("shutter", 2),), num_patches=settings["num_patches"],
+        patch_size=settings["patch_size"], backbone=settings["backbone"],
+        trunk_layer=settings["trunk_layer"], backbone_weights=None, filters=settings["filters"],
+        normalization=settings["normalization"],
+        scratch_width_divisor=settings["scratch_width_divisor"],
+        batchnorm_momentum=settings["batchnorm_momentum"])
+
+
+def _limits_configuration(name: str, settings: Mapping, steps: int, layer_steps: int,
+                          seed: int) -> tuple[list[Measurement], dict, list[dict]]:
+    """The measurements of one configuration (trunk forward, training step, every trunk Conv2D
+    alone), its FLOP counts, and the per-layer specs."""
+    b, k, p = settings["batch_size"], settings["num_patches"], settings["patch_size"]
+    model = model_lib.build_model(_limits_model_config(settings))
+    model_lib.compile_model(model)
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.integers(0, 256, (b, k, p, p, 3), dtype=np.uint8))
+    y = tf.constant(rng.integers(0, 2, (b,)), tf.int32)
+    trunk = model_lib.trunk_of(model)
+    folded_input = tf.reshape(model.get_layer("normalize")(x), (b * k, p, p, 3))
+
+    @tf.function(jit_compile=False)
+    def trunk_forward(inputs):
+        return trunk(inputs, training=False)[:1, :1, :1, :1]  # fetch one value, not the map
+
+    def forward_step():
+        trunk_forward(folded_input).numpy()
+        return b
+
+    def train_step():
+        model.train_on_batch(x, y)
+        return b
+
+    cost = per_patch_flops(model)
+    measurements = [Measurement(f"{name}_trunk_forward", forward_step, steps),
+                    Measurement(f"{name}_train_step", train_step, steps)]
+    layers = []
+    per_layer = layer_flops(trunk)
+    for i, layer in enumerate(trunk.layers):
+        if not isinstance(layer, keras.layers.Conv2D):
+            continue
+        shape = (b * k,) + tuple(int(d) for d in layer.input.shape[1:])
+        state = {}
+        # Traced here, for its one input signature: a dozen functions of the same code traced
+        # on their first calls would set off TensorFlow's warning about retracing.
+        layer_forward = tf.function(
+            lambda inputs, layer=layer: layer(inputs)[:1, :1, :1, :1],  # one value, not the map
+            jit_compile=False).get_concrete_function(tf.TensorSpec(shape, layer.compute_dtype))
+
+        # The layer's input exists only while it is measured (VGG16's block1_conv2 takes 268 MB
+        # at B*k=64, P=128); made untimed around every round's iterations.
+        def start(shape=shape, dtype=layer.compute_dtype, i=i, state=state):
+            state["x"] = tf.random.stateless_uniform(shape, (seed, i), dtype=dtype)
+
+        def step(fn=layer_forward, state=state):
+            fn(state["x"]).numpy()
+            return b
+
+        def stop(state=state):
+            state.pop("x", None)
+
+        measurement = f"{name}_layer_{layer.name}"
+        measurements.append(Measurement(measurement, step, layer_steps, start, stop))
+        layers.append({"measurement": measurement, "layer": layer.name,
+                       "input_shape": list(shape),
+                       "kernel": [int(d) for d in layer.kernel.shape],
+                       "flops_per_image": k * per_layer[layer.name]})
+    info = {
+        **{key: settings[key] for key in ("backbone", "trunk_layer", "num_patches",
+                                          "patch_size", "filters", "scratch_width_divisor",
+                                          "normalization", "batch_size")},
+        "trunk_trainable": cost["trunk_trainable"],
+        "trainable_parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+        "flops_per_patch": cost,
+        "flops_per_image": {"trunk_forward": k * cost["trunk"],
+                            "train_step": k * cost["train_step_per_patch"]},
+        "steps_per_round": steps,
+    }
+    return measurements, info, layers
+
+
+def limits_section(config: BenchConfig, resolved: dict,
+                   log: Callable[[str], None] = lambda s: None) -> dict:
+    """The FLOP rate of a large float32 matrix product (this machine's practical ceiling) and
+    the achieved FLOP rates of the trunk's forward pass, the training step and every trunk
+    convolution alone, as fractions of that ceiling, for the paper's model and the demo's.
+
+    Ceiling: ``tf.matmul`` of two random float32 n x n matrices in a ``tf.function`` (n 2048 on
+    a CPU, 8192 on a GPU, 512 with --quick), ``2 n^3`` FLOPs per call, several calls a round.
+    Configurations: "paper", the benchmark's model (``config.model_config()``: VGG16 to
+    block3_conv3 by default, random weights, k=8, P=128, F=64, the train batch); "demo", the
+    demo's model as pipelines/demo.flags sets it (:func:`demo_settings`; scratch backbone, its
+    batch). With --quick the demo keeps its patch size and filters, at most the train batch
+    and the quick k.
+
+    FLOPs per image (:func:`per_patch_flops`, counted from the Conv2D and Dense layers' shapes,
+    times k): trunk forward = k x the trunk's forward pass; training step = k x (3 x the head's
+    forward, for its forward, input-gradient and weight-gradient passes, + the trunk's forward,
+    also x3 when the trunk trains, as the scratch trunk does, x1 for the frozen VGG16). An
+    estimate: it leaves out BatchNorm, ReLU, pooling, the loss and Adam's update, and counts an
+    input gradient for the first convolution, which needs none. Achieved FLOP/s = images/s x
+    FLOPs per image;
+    ``fraction_of_ceiling`` = achieved / the ceiling measured in the same interleaved rounds
+    (ratio of the medians; ``_paired``: median of the per-round ratios; ``_per_cpu``: per
+    CPU-second). Per layer: each Conv2D of the trunk alone (its own ``tf.function`` on a random
+    input of its input shape, the trunk forward's folded batch ``B*k``), on one iteration a
+    round on a CPU: which layers sit far below the ceiling (few channels). Also the oneDNN
+    instruction set in effect (:func:`onednn_reported_isa`) against ``ONEDNN_MAX_CPU_ISA``.
+    """
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    probe = _start_onednn_probe()  # oneDNN's CPU instruction set, while the models build
+    steps = resolved["train_steps"]
+    layer_steps = steps if gpu else 1
+    n, calls = LIMITS_MATMUL[("gpu" if gpu else "cpu") + ("_quick" if config.quick else "")]
+    matmul_flops = 2 * n ** 3
+    start = time.perf_counter()
+    rng = tf.random.Generator.from_seed(config.seed)
+    a, m = rng.uniform((n, n), dtype=tf.float32), rng.uniform((n, n), dtype=tf.float32)
+
+    @tf.function(jit_compile=False)
+    def matmul(a, m):
+        return tf.matmul(a, m)[:1, :1]  # fetch one value: the product, not its transfer
+
+    def matmul_step():
+        matmul(a, m).numpy()
+        return 1
+
+    paper_model = config.model_config("folded")
+    paper = {key: getattr(paper_model, key) for key in DEMO_DEFAULTS if key != "batch_size"}
+    paper["batch_size"] = resolved["batch_size"]
+    demo, demo_source = demo_settings()
+    if config.quick:
+        demo["batch_size"] = min(demo["batch_size"], resolved["batch_size"])
+        demo["num_patches"] = min(demo["num_patches"], config.num_patches)
+    sources = {"paper": "the benchmark's configuration", "demo": demo_source}
+    measurements = [Measurement("matmul_ceiling", matmul_step, max(steps, calls))]
+    configurations, layer_specs = {}, {}
+    for name, settings in (("paper", paper), ("demo", demo)):
+        built, info, layers = _limits_configuration(name, settings, steps, layer_steps,
+                                                    config.seed)
+        measurements += built
+        configurations[name] = {"source": sources[name], **info}
+        layer_specs[name] = layers
+    log(f"  built the paper and demo models in {time.perf_counter() - start:.1f} s")
+    isa = _onednn_probe_result(probe)
+    samples = measure_interleaved(measurements, config.repeats, log)
+
+    summaries = {name: summarise(s) for name, s in samples.items()}
+    ceiling = summaries["matmul_ceiling"]["images_per_s"] * matmul_flops / 1e9
+
+    def rated(name: str, flops_per_image: int) -> dict:
+        r = ratio(samples, name, "matmul_ceiling")
+        scale = flops_per_image / matmul_flops
+        return {**summaries[name], "flops_per_image": int(flops_per_image),
+                "gflops_per_s": summaries[name]["images_per_s"] * flops_per_image / 1e9,
+                "fraction_of_ceiling": r["wall"] * scale,
+                "fraction_of_ceiling_paired": r["wall_paired"] * scale,
+                "fraction_of_ceiling_per_cpu": r["per_cpu"] * scale}
+
+    out_measurements = {"matmul_ceiling": {
+        **summaries["matmul_ceiling"], "flops_per_call": matmul_flops, "gflops_per_s": ceiling,
+        "fraction_of_ceiling": 1.0, "fraction_of_ceiling_paired": 1.0,
+        "fraction_of_ceiling_per_cpu": 1.0}}
+    for name, info in configurations.items():
+        for what in ("trunk_forward", "train_step"):
+            out_measurements[f"{name}_{what}"] = rated(f"{name}_{what}",
+                                                       info["flops_per_image"][what])
+    layers = {name: [{**spec, **rated(spec["measurement"], spec["flops_per_image"])}
+                     for spec in specs] for name, specs in layer_specs.items()}
+
+    onednn = onednn_info(isa)
+    notes = [onednn["note"]] if onednn["note"] else []
+    if isa is None and not gpu:
+        notes.append("oneDNN reported no instruction set (oneDNN off, or the probe failed)")
+    if demo_source.startswith("built-in"):
+        notes.append(f"demo configuration from {demo_source}")
+    tf32 = gpu and tf.config.experimental.tensor_float_32_execution_enabled()
+    if tf32:
+        notes.append("TensorFloat-32 is on: the GPU's float32 matmuls and convolutions (ceiling "
+                     "and models alike) run at TF32 precision")
+    policy = keras.config.dtype_policy().name
+    if policy != "float32":
+        notes.append(f"the models run under the {policy} policy against a float32 ceiling: "
+                     "their fractions can exceed what float32 would reach")
+    return {
+        "baseline": "matmul_ceiling",
+        "units": {"matmul_ceiling": "matmul calls", "trunk_forward": "images",
+                  "train_step": "images", "layers": "images"},
+        "matmul": {"size": n, "dtype": "float32", "flops_per_call": matmul_flops,
+                   "calls_per_round": max(steps, calls), "tensor_float_32": bool(tf32)},
+        "ceiling_gflops_per_s": ceiling,
+        "dtype_policy": policy,
+        "configurations": configurations,
+        "measurements": out_measurements,
+        "layers": layers,
+        "onednn": onednn,
+        "ratios": {},
+        "notes": notes,
+    }
+
+
 # ----------------------------------------------------------------------------------------- core
 
 def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict:
@@ -731,7 +1095,8 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
         "sections": {},
     }
     try:
-        sample_dir, records_dir = prepare_data(work_dir, config.num_images, config.seed, log)
+        if set(config.sections) & set(DATA_SECTIONS):
+            sample_dir, records_dir = prepare_data(work_dir, config.num_images, config.seed, log)
         if "convert" in config.sections:
             log("convert: make_records (local, Beam DirectRunner) vs Pillow decode of the same "
                 "files")
@@ -758,6 +1123,10 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
         if "precision" in config.sections:
             log("precision: training step and trunk forward, float32 vs mixed_bfloat16")
             result["sections"]["precision"] = precision_section(config, resolved, log)
+        if "limits" in config.sections:
+            log("limits: FLOP/s of a float32 matmul (the ceiling), the trunk forward and the "
+                "training step (paper, demo)")
+            result["sections"]["limits"] = limits_section(config, resolved, log)
     finally:
         keras.config.set_dtype_policy(previous_policy)
         if own_dir:
@@ -796,6 +1165,9 @@ def table_rows(result: dict) -> list[list[str]]:
             r = ratios.get(name)
             is_base = (name == info["baseline"] or name.startswith(info["baseline"] + "_")
                        or name in bases)
+            if r is None and not is_base and "fraction_of_ceiling" in m:
+                # limits: FLOP/s relative to the ceiling's, not images/s
+                r = {"wall": m["fraction_of_ceiling"], "per_cpu": m["fraction_of_ceiling_per_cpu"]}
             rows.append([
                 section, name, _fmt(m["images_per_s"]),
                 f"{_fmt(m['images_per_s_min'])}-{_fmt(m['images_per_s_max'])}",
@@ -841,9 +1213,75 @@ def summary_lines(result: dict) -> list[str]:
     if "precision" in sections and "skipped" not in sections["precision"]:
         for key, r in sections["precision"]["ratios"].items():
             lines.append(f"precision {key}: {r['wall']:.2f}x (paired {r['wall_paired']:.2f}x)")
+    if "limits" in sections and "skipped" not in sections["limits"]:
+        info = sections["limits"]
+        ceiling, isa = info["matmul"], info["onednn"]
+        limit = (f", {isa['max_cpu_isa_variable']}={isa['max_cpu_isa']}"
+                 if isa["max_cpu_isa"] else "")
+        lines.append(f"limits: ceiling {info['ceiling_gflops_per_s']:.1f} GFLOP/s (float32 matmul "
+                     f"{ceiling['size']}x{ceiling['size']}); oneDNN ISA: "
+                     f"{isa['isa'] or 'not reported'}{limit}")
+        for name in info["configurations"]:
+            forward = info["measurements"][f"{name}_trunk_forward"]
+            step = info["measurements"][f"{name}_train_step"]
+            lines.append(f"limits {name}: trunk forward {forward['gflops_per_s']:.1f} GFLOP/s = "
+                         f"{forward['fraction_of_ceiling']:.2f} of the ceiling, training step "
+                         f"{step['gflops_per_s']:.1f} GFLOP/s = {step['fraction_of_ceiling']:.2f} "
+                         f"(FLOPs estimated from the layers)")
     for name, info in sections.items():
         for note in info.get("notes", []):
             lines.append(f"note ({name}): {note}")
+    return lines
+
+
+LIMITS_HEADER = ("configuration", "measurement", "shape", "GFLOP/img", "GFLOP/s", "of ceiling",
+                 "paired")
+
+
+def limits_rows(result: dict) -> list[list[str]]:
+    """The limits section's FLOP table: the ceiling, then per configuration its trunk forward,
+    training step and every trunk convolution alone; [] without that section."""
+    info = result["sections"].get("limits")
+    if not info or "skipped" in info:
+        return []
+
+    def row(configuration, name, shape, m):
+        flops = m.get("flops_per_image", m.get("flops_per_call"))
+        return [configuration, name, shape, _fmt(flops / 1e9), _fmt(m["gflops_per_s"]),
+                f"{m['fraction_of_ceiling']:.2f}", f"{m['fraction_of_ceiling_paired']:.2f}"]
+
+    n = info["matmul"]["size"]
+    rows = [row("-", "matmul_ceiling", f"{n}x{n} float32", info["measurements"]["matmul_ceiling"])]
+    for name, c in info["configurations"].items():
+        shape = f"B={c['batch_size']} k={c['num_patches']} P={c['patch_size']}"
+        for what in ("trunk_forward", "train_step"):
+            rows.append(row(name, what, shape, info["measurements"][f"{name}_{what}"]))
+        for layer in info["layers"][name]:
+            _, h, w, _ = layer["input_shape"]
+            kh, kw, cin, cout = layer["kernel"]
+            rows.append(row(name, layer["layer"], f"{h}x{w} {cin}->{cout} ({kh}x{kw})", layer))
+    return rows
+
+
+def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 2) -> list[str]:
+    """A text table: the first ``left`` columns left-aligned, the others right-aligned."""
+    rows = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) if j < left else cell.rjust(w)
+                               for j, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                    left: int = 2) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * left + ["---:"] * (len(header) - left)) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
     return lines
 
 
@@ -868,17 +1306,15 @@ def _machine_line(result: dict) -> str:
 
 
 def format_text(result: dict) -> str:
-    rows = [list(ROW_HEADER)] + table_rows(result)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(ROW_HEADER))]
     lines = ["machine: " + _machine_line(result), "setup: " + _setup_line(result)]
     if result.get("command"):
         lines.append("command: " + result["command"])
-    for i, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w)
-                               for j, (cell, w) in enumerate(zip(row, widths))).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += _aligned(ROW_HEADER, table_rows(result))
     lines += summary_lines(result)
+    limits = limits_rows(result)
+    if limits:
+        lines += ["", "limits: FLOP/s against the float32 matmul ceiling"]
+        lines += _aligned(LIMITS_HEADER, limits, left=3)
     lines.append(f"total: {result['seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -887,12 +1323,11 @@ def format_markdown(result: dict) -> str:
     lines = [f"**Machine:** {_machine_line(result)}  ", f"**Setup:** {_setup_line(result)}  "]
     if result.get("command"):
         lines.append(f"**Command:** `{result['command']}` ({result['seconds']:.0f} s)")
-    lines += ["", "| " + " | ".join(ROW_HEADER) + " |",
-              "|" + "|".join(["---"] * 2 + ["---:"] * (len(ROW_HEADER) - 2)) + "|"]
-    for row in table_rows(result):
-        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
+    lines += [""] + _markdown_table(ROW_HEADER, table_rows(result))
     lines.append("")
     lines += [f"- {line}" for line in summary_lines(result)]
+    limits = limits_rows(result)
+    if limits:
+        lines += ["", "FLOP/s against the float32 matmul ceiling (limits):", ""]
+        lines += _markdown_table(LIMITS_HEADER, limits, left=3)
     return "\n".join(lines)
-
-

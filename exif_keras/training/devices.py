@@ -107,6 +107,134 @@ def cpu_bfloat16_flags() -> list[str]:
     return sorted(words & {"avx512_bf16", "amx_bf16"})
 
 
+# oneDNN's instruction-set names in its own order (ONEDNN_MAX_CPU_ISA takes one of them; the
+# AVX10_1_512* names are the newer spellings of AVX512_CORE_FP16 / _AMX / _AMX_FP16).
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+               "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
+               "AVX512_CORE_AMX_FP16")
+_ONEDNN_ALIASES = {"AVX10_1_512": "AVX512_CORE_FP16", "AVX10_1_512_AMX": "AVX512_CORE_AMX",
+                   "AVX10_1_512_AMX_FP16": "AVX512_CORE_AMX_FP16"}
+ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN reads either
+# The CPU flags (/proc/cpuinfo) each oneDNN level needs on top of the level below it.
+_ISA_CPU_FLAGS = {"SSE41": {"sse4_1"}, "AVX": {"avx"}, "AVX2": {"avx2", "fma"},
+                  "AVX2_VNNI": {"avx_vnni"}, "AVX2_VNNI_2": {"avx_ne_convert", "avx_vnni_int8"},
+                  "AVX512_CORE": {"avx512f", "avx512bw", "avx512vl", "avx512dq"},
+                  "AVX512_CORE_VNNI": {"avx512_vnni"}, "AVX512_CORE_BF16": {"avx512_bf16"},
+                  "AVX512_CORE_FP16": {"avx512_fp16"},
+                  "AVX512_CORE_AMX": {"amx_tile", "amx_int8", "amx_bf16"},
+                  "AVX512_CORE_AMX_FP16": {"amx_fp16"}}
+BFLOAT16_MIN_ISA = "AVX512_CORE_BF16"  # native bfloat16 in oneDNN from here up
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_isa(flags: Optional[set] = None) -> Optional[str]:
+    """The highest oneDNN instruction set this CPU has (from /proc/cpuinfo); None where it is
+    not an x86 Linux CPU. Levels are cumulative, as oneDNN's are (AVX2_VNNI without
+    AVX512_CORE still counts below AVX512_CORE)."""
+    flags = _cpu_flags() if flags is None else set(flags)
+    best = None
+    for isa in ONEDNN_ISAS:
+        if not _ISA_CPU_FLAGS[isa] <= flags:
+            if isa in ("AVX2_VNNI", "AVX2_VNNI_2"):
+                continue  # an AVX512 CPU may lack them and still be AVX512_CORE
+            break
+        best = isa
+    return best
+
+
+def onednn_isa_limit(environ=None) -> Optional[str]:
+    """The instruction-set cap set by ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA), in oneDNN's
+    spelling; None when unset or ALL/DEFAULT. An unknown name raises a DeviceError."""
+    environ = os.environ if environ is None else environ
+    for name in ONEDNN_ISA_ENV:
+        value = environ.get(name, "").strip().upper()
+        if not value:
+            continue
+        if value in ("ALL", "DEFAULT"):
+            return None
+        value = _ONEDNN_ALIASES.get(value, value)
+        if value not in ONEDNN_ISAS:
+            raise DeviceError(f"{name}={environ[name]!r} is not one of oneDNN's instruction "
+                              f"sets ({', '.join(ONEDNN_ISAS)}, ALL)")
+        return value
+    return None
+
+
+def onednn_isa(environ=None, flags: Optional[set] = None) -> Optional[str]:
+    """The instruction set oneDNN runs with here: the CPU's best, held to the environment's
+    limit. (``python -m exif_keras.benchmark --sections=limits`` checks it against oneDNN's own
+    report.)"""
+    best, limit = cpu_isa(flags), onednn_isa_limit(environ)
+    if best is None or limit is None:
+        return best
+    return min(best, limit, key=ONEDNN_ISAS.index)
+
+
+def native_cpu_bfloat16(environ=None, flags: Optional[set] = None) -> bool:
+    """Whether oneDNN computes bfloat16 natively on this CPU under the environment's ISA limit:
+    AVX512-BF16 or AMX listed, and ONEDNN_MAX_CPU_ISA (if set) at AVX512_CORE_BF16 or above.
+    Held below it, oneDNN refuses bfloat16 convolutions on such a CPU ("could not create a
+    primitive descriptor"), so the run must be float32."""
+    flags = _cpu_flags() if flags is None else set(flags)
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        return False
+    isa = onednn_isa(environ, flags)
+    return isa is not None and ONEDNN_ISAS.index(isa) >= ONEDNN_ISAS.index(BFLOAT16_MIN_ISA)
+
+
+# Policies whose compute dtype oneDNN runs natively only from an instruction set up, and the CPU
+# flags by which TensorFlow decides to send that dtype to oneDNN at all.
+_NATIVE_FROM = {"mixed_bfloat16": ("AVX512_CORE_BF16", {"avx512_bf16", "amx_bf16"}),
+                "mixed_float16": ("AVX512_CORE_FP16", {"avx512_fp16", "amx_fp16"})}
+
+
+def onednn_refuses(policy: str, environ=None, flags: Optional[set] = None) -> Optional[str]:
+    """Why oneDNN cannot run ``policy`` on this CPU, or None. The one case: the CPU has the
+    instructions (so TensorFlow sends the dtype to oneDNN) but ONEDNN_MAX_CPU_ISA holds oneDNN
+    below them, and oneDNN then fails to create the convolution ("could not create a primitive
+    descriptor"). A CPU without the instructions at all emulates the dtype and runs."""
+    if policy not in _NATIVE_FROM:
+        return None
+    needed, cpu_flags = _NATIVE_FROM[policy]
+    flags = _cpu_flags() if flags is None else set(flags)
+    if not flags & cpu_flags:
+        return None
+    isa = onednn_isa(environ, flags)
+    if isa is None or ONEDNN_ISAS.index(isa) >= ONEDNN_ISAS.index(needed):
+        return None
+    limit = onednn_isa_limit(environ)
+    return (f"oneDNN is held to {limit} (ONEDNN_MAX_CPU_ISA) on a CPU with "
+            f"{', '.join(sorted(flags & cpu_flags))}: TensorFlow sends {policy}'s convolutions "
+            f"to oneDNN, which cannot run them below {needed}. Raise or unset "
+            "ONEDNN_MAX_CPU_ISA, or train in float32 (--mixed_precision=off).")
+
+
+def describe_compute(policy: str, environ=None) -> str:
+    """One line for the start of a run: the precision and the CPU instruction set it runs with."""
+    environ = os.environ if environ is None else environ
+    isa = onednn_isa(environ)
+    limit = next((f"{n}={environ[n]}" for n in ONEDNN_ISA_ENV if environ.get(n)), None)
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    where = f"{gpus} GPU(s)" if gpus else "CPU"
+    precision = {"float32": "float32", "mixed_bfloat16": "bfloat16 compute, float32 weights",
+                 "mixed_float16": "float16 compute, float32 weights"}.get(policy, policy)
+    text = f"Precision: {precision} (dtype policy {policy}) on {where}; oneDNN instruction set "
+    text += isa or "unknown (not an x86 Linux CPU)"
+    if limit:
+        text += f", held by {limit} (the CPU has {cpu_isa() or 'unknown'})"
+    return text
+
+
 def resolve_policy(mixed_precision: str,
                    gpu_capabilities: Sequence[Optional[tuple[int, int]]] = (),
                    tpu: bool = False, cpu_bfloat16: bool = False) -> str:
@@ -389,7 +517,10 @@ def setup(mixed_precision: str = "auto", strategy: str = "auto", logical_cpus: i
     made = make_strategy(strategy)  # first: MultiWorkerMirroredStrategy needs a fresh
     tpu = bool(tf.config.list_logical_devices("TPU"))  # runtime, and listing devices starts it
     policy = resolve_policy(mixed_precision, gpu_compute_capabilities(), tpu,
-                            cpu_bfloat16=cpu_bfloat16 and bool(cpu_bfloat16_flags()))
+                            cpu_bfloat16=cpu_bfloat16 and native_cpu_bfloat16())
+    refused = None if gpu_compute_capabilities() or tpu else onednn_refuses(policy)
+    if refused:
+        raise DeviceError(f"--mixed_precision={mixed_precision} cannot run here: {refused}")
     keras.config.set_dtype_policy(policy)
     devices = Devices(made, policy)
     if is_multi_worker(made):

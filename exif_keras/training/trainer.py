@@ -117,6 +117,59 @@ class MeanOverHeads(keras.callbacks.Callback):
                 logs[f"{prefix}accuracy"] = float(np.mean(values))
 
 
+class TimeEstimate(keras.callbacks.Callback):
+    """Prints, after the first epoch of this run (and once more after the second, when the
+    first one's tracing made it slower), how long the remaining epochs should take and when
+    fit should end: epochs left x the last epoch's wall time (validation included). The line
+    comes after Keras' own line for that epoch (printed when the next epoch begins)."""
+
+    def __init__(self, total_epochs: int, print_fn: Callable[[str], None] = print):
+        super().__init__()
+        self.total_epochs, self.print_fn = total_epochs, print_fn
+        self.seen, self.started, self.first, self.pending = 0, None, None, None
+
+    def _flush(self):
+        if self.pending:
+            self.print_fn(self.pending)
+        self.pending = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._flush()
+        self.started = time.monotonic()
+
+    def on_train_end(self, logs=None):
+        self._flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.started is None:
+            return
+        took = time.monotonic() - self.started
+        self.seen += 1
+        left = self.total_epochs - (epoch + 1)
+        if self.seen == 1:
+            self.first = took
+        elif not (self.seen == 2 and took < 0.8 * self.first):
+            return
+        if left <= 0:
+            return
+        remaining = left * took
+        finish = time.strftime("%H:%M:%S", time.localtime(time.time() + remaining))
+        self.pending = (f"Time estimate: epoch {epoch + 1} took {took:.1f} s; {left} epoch(s) "
+                        f"left, about {_duration(remaining)} more (fit ends near {finish}), "
+                        "then evaluation and export.")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 def _head_config(head: labels.TaskSpec, data_dir: str) -> model_lib.HeadConfig:
     if head.task == "regression":
         mean, std = pipeline.regression_stats(data_dir, head.field)
@@ -276,6 +329,9 @@ def _fit(model, config: TrainConfig, inputs: _Inputs, model_dir: str, out_dir: s
     if val_ds is not None:
         callbacks.append(ConfusionMatrixLogger(val_ds, heads,
                                                os.path.join(out_dir, run_folder.LOG_DIR)))
+    if config.runtime.verbose and inputs.dev.chief:
+        callbacks.append(TimeEstimate(config.optim.epochs,
+                                      lambda line: print(line, flush=True)))
     callbacks.extend(extra_callbacks)
     if completed < config.optim.epochs:
         model.fit(inputs.training_stream(completed), validation_data=val_ds,
@@ -564,6 +620,8 @@ def train(config: TrainConfig, extra_callbacks: Sequence = (),
     keras.utils.set_random_seed(config.seed)
     dev = _configure_devices(config)
     strategy, mixed = dev.strategy, dev.mixed
+    if config.runtime.verbose and dev.chief:
+        print(devices.describe_compute(dev.policy), flush=True)
     out_dir = dev.write_dir(model_dir)  # the chief writes model_dir, other workers a temp dir
     mean, std = records_manifest.dataset_mean_std(manifest)
     if config.optim.ordinal_sigma and config.task != "fine":

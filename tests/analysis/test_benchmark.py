@@ -18,16 +18,23 @@ import keras
 import pytest
 
 from exif_keras.analysis import benchmarks, timing
+from exif_keras.modeling import backbones
+from exif_keras.modeling import model as model_lib
+from exif_keras.training import devices
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 EXPORT_AVAILABLE = benchmarks.exporter is not None
+
+
+# Every section but "limits", which has its own smoke test (test_limits_*) on its own run.
+FIXTURE_SECTIONS = tuple(s for s in benchmarks.SECTIONS if s != "limits")
 
 
 def tiny_config(work_dir, **overrides) -> benchmarks.BenchConfig:
     """--quick with a scratch trunk at P=32: every section, a few seconds each."""
     base = dict(backbone="scratch", num_patches=2, patch_size=32, filters=4, batch_size=2,
                 num_images=12, repeats=2, steps=1, pipeline_batch_size=4,
-                serving_batch_sizes=(1, 3), work_dir=str(work_dir))
+                serving_batch_sizes=(1, 3), work_dir=str(work_dir), sections=FIXTURE_SECTIONS)
     base.update(overrides)
     return benchmarks.BenchConfig.quick_config(**base)
 
@@ -61,7 +68,7 @@ def _check_ratio(r, of, to):
 
 
 def test_every_section_present_with_positive_rates(result):
-    assert list(result["sections"]) == list(benchmarks.SECTIONS)
+    assert list(result["sections"]) == list(FIXTURE_SECTIONS)
     config = result["config"]
     assert config["quick"] and config["resolved"]["batch_size"] == 2
     for name, section in result["sections"].items():
@@ -145,6 +152,10 @@ def test_serving_section(result):
 
 def test_precision_section(result):
     precision = result["sections"]["precision"]
+    refused = devices.onednn_refuses("mixed_bfloat16")
+    if refused:  # a bfloat16 CPU held below it by ONEDNN_MAX_CPU_ISA: skipped, saying why
+        assert precision == {"skipped": refused}
+        return
     assert set(precision["measurements"]) == {f"{p}_{what}" for p in ("float32", "bfloat16")
                                               for what in ("train_step", "trunk_forward")}
     assert precision["dtype_policies"] == {"float32": "float32", "bfloat16": "mixed_bfloat16"}
@@ -228,3 +239,185 @@ def test_ratio_is_of_over_to_on_known_samples():
     assert r["per_cpu"] == pytest.approx(22 / 20)                    # medians 22 and 20 img/CPU-s
     assert r["per_cpu_paired"] == pytest.approx(1.0)                 # 20/20, 22/22, 36/18
     assert timing.ratio(samples, "slow", "fast")["wall"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------- limits
+
+LIMITS_MEASUREMENTS = {"matmul_ceiling", "paper_trunk_forward", "paper_train_step",
+                       "demo_trunk_forward", "demo_train_step"}
+VGG_CONVS_TO_BLOCK3 = ["block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2",
+                       "block3_conv1", "block3_conv2", "block3_conv3"]
+
+
+def hand_flops(backbone, trunk_layer, patch_size, divisor, filters, dense_units=256):
+    """(trunk, head) FLOPs of one patch counted by hand from the architecture (VGG16's widths,
+    3x3 "same" convolutions, 2x2 pools; the head's 1x1, 2x2, 3x3, 2x2 convolutions of F filters
+    and its dense layer), without Keras' shapes."""
+    widths = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+    size, cin, trunk = patch_size, 3, 0
+    for name, _ in backbones.VGG16_LAYERS:
+        block = int(name[len("block")])
+        if name.endswith("pool"):
+            size //= 2
+        else:
+            cout = widths[block] if backbone == "vgg16" else max(1, widths[block] // divisor)
+            trunk += 2 * size * size * 3 * 3 * cin * cout
+            cin = cout
+        if name == trunk_layer:
+            break
+    head = 0
+    for kernel in (1, 2, 3, 2):
+        head += 2 * size * size * kernel * kernel * cin * filters
+        cin = filters
+    head += 2 * (size * size * filters) * dense_units
+    return trunk, head
+
+
+def test_per_patch_flops_counts_the_layers():
+    """per_patch_flops (from the Keras layers' shapes) against a count by hand."""
+    config = model_lib.ModelConfig(num_classes=2, num_patches=3, patch_size=16,
+                                   backbone="scratch", trunk_layer="block2_conv1",
+                                   scratch_width_divisor=8, filters=4, backbone_weights=None)
+    cost = benchmarks.per_patch_flops(model_lib.build_model(config))
+    trunk, head = hand_flops("scratch", "block2_conv1", 16, 8, 4)
+    # block1_conv1 16x16 3->8, block1_conv2 8->8, pool, block2_conv1 8x8 8->16
+    assert trunk == 2 * 9 * (16 * 16 * 3 * 8 + 16 * 16 * 8 * 8 + 8 * 8 * 8 * 16)
+    assert (cost["trunk"], cost["head"]) == (trunk, head)
+    assert cost["trunk_trainable"] and cost["train_step_per_patch"] == 3 * trunk + 3 * head
+
+
+@pytest.fixture(scope="module")
+def limits_result(tmp_path_factory):
+    """The limits section alone, --quick: a VGG16 "paper" at P=32 and a "demo" read from a
+    flagfile that includes another (a two-convolution scratch trunk, so that it traces fast)."""
+    folder = tmp_path_factory.mktemp("limits")
+    (folder / "base.flags").write_text("--backbone=scratch\n--patch_size=64\n--filters=4\n"
+                                       "--scratch_width_divisor=8\n--batch_size=32\n")
+    (folder / "demo.flags").write_text(f"# the demo\n--flagfile={folder / 'base.flags'}\n"
+                                       "--trunk_layer=block1_conv2\n--patch_size=16\n"
+                                       "--num_patches=8\n--verbose=2\n")
+    config = benchmarks.BenchConfig.quick_config(
+        sections=("limits",), num_patches=2, patch_size=32, batch_size=2, repeats=2, steps=1,
+        work_dir=str(folder / "work"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(benchmarks, "DEMO_FLAGFILE", str(folder / "demo.flags"))
+        out = benchmarks.run_benchmark(config)
+    out["flagfile"] = str(folder / "demo.flags")
+    return out
+
+
+def test_limits_section_fractions_of_the_ceiling(limits_result):
+    assert list(limits_result["sections"]) == ["limits"]
+    limits = limits_result["sections"]["limits"]
+    assert set(limits["measurements"]) == LIMITS_MEASUREMENTS
+    assert limits["baseline"] == "matmul_ceiling" and _positive(limits["ceiling_gflops_per_s"])
+    assert limits["matmul"]["size"] == 512 and limits["matmul"]["dtype"] == "float32"
+    for name, m in limits["measurements"].items():
+        _check_measurement(m, rounds=2)
+        for key in ("gflops_per_s", "fraction_of_ceiling", "fraction_of_ceiling_paired",
+                    "fraction_of_ceiling_per_cpu"):
+            assert _positive(m[key]), (name, key)
+    ceiling = limits["measurements"]["matmul_ceiling"]
+    assert ceiling["fraction_of_ceiling"] == 1.0
+    assert ceiling["flops_per_call"] == 2 * 512 ** 3
+    assert ceiling["gflops_per_s"] == pytest.approx(limits["ceiling_gflops_per_s"])
+    # Achieved FLOP/s = images/s x FLOPs per image, over the ceiling's.
+    forward = limits["measurements"]["paper_trunk_forward"]
+    assert forward["gflops_per_s"] == pytest.approx(
+        forward["images_per_s"] * forward["flops_per_image"] / 1e9)
+    assert forward["fraction_of_ceiling"] == pytest.approx(
+        forward["gflops_per_s"] / limits["ceiling_gflops_per_s"])
+    # Every trunk convolution alone: VGG16's seven to block3_conv3, the demo's two.
+    assert [r["layer"] for r in limits["layers"]["paper"]] == VGG_CONVS_TO_BLOCK3
+    assert [r["layer"] for r in limits["layers"]["demo"]] == ["block1_conv1", "block1_conv2"]
+    for rows in limits["layers"].values():
+        for row in rows:
+            assert _positive(row["gflops_per_s"]) and _positive(row["fraction_of_ceiling"])
+    # B*k folded patches of block1_conv2's input: 16x16, 64 / 8 channels
+    assert limits["layers"]["demo"][1]["input_shape"] == [2 * 2, 16, 16, 8]
+    assert limits["layers"]["demo"][1]["kernel"] == [3, 3, 8, 8]
+    assert isinstance(limits["notes"], list)
+
+
+def test_limits_flops_per_image_from_the_layers(limits_result):
+    """Both configurations' FLOPs per image equal a count by hand of what they record."""
+    limits = limits_result["sections"]["limits"]
+    for name, c in limits["configurations"].items():
+        trunk, head = hand_flops(c["backbone"], c["trunk_layer"], c["patch_size"],
+                                 c["scratch_width_divisor"], c["filters"])
+        k = c["num_patches"]
+        assert c["trunk_trainable"] == (c["backbone"] == "scratch"), name
+        backward = 3 if c["trunk_trainable"] else 1
+        assert c["flops_per_image"] == {"trunk_forward": k * trunk,
+                                        "train_step": k * (backward * trunk + 3 * head)}, name
+        assert limits["measurements"][f"{name}_trunk_forward"]["flops_per_image"] == k * trunk
+        assert (sum(r["flops_per_image"] for r in limits["layers"][name]) == k * trunk)
+    paper, demo = limits["configurations"]["paper"], limits["configurations"]["demo"]
+    assert (paper["backbone"], paper["patch_size"], paper["batch_size"]) == ("vgg16", 32, 2)
+    # The demo from its flagfile (and the one it includes), shrunk by --quick to the train
+    # batch and the quick k.
+    assert demo["source"] == os.path.relpath(limits_result["flagfile"])
+    assert (demo["backbone"], demo["trunk_layer"], demo["patch_size"], demo["filters"],
+            demo["scratch_width_divisor"]) == ("scratch", "block1_conv2", 16, 4, 8)
+    assert (demo["batch_size"], demo["num_patches"]) == (2, 2)
+
+
+def test_limits_reports_and_isa(limits_result):
+    limits = limits_result["sections"]["limits"]
+    onednn = limits["onednn"]
+    assert onednn["isa"] is None or onednn["isa"].strip()
+    assert onednn["onednn_max_cpu_isa"] == os.environ.get("ONEDNN_MAX_CPU_ISA")
+    assert onednn["consistent"] in (True, False, None)
+    rows = [r for r in benchmarks.table_rows(limits_result) if r[0] == "limits"]
+    assert [r[1] for r in rows][0] == "matmul_ceiling" and rows[0][7] == "1 (base)"
+    assert all(r[7].endswith("x") and r[8].endswith("x") for r in rows[1:])
+    text = benchmarks.format_text(limits_result)
+    assert "of the ceiling" in text and "block3_conv3" in text
+    markdown = benchmarks.format_markdown(limits_result)
+    assert "| paper | trunk_forward |" in markdown and "| demo | block1_conv2 |" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len(table) == 4 + len(benchmarks.table_rows(limits_result)) + len(
+        benchmarks.limits_rows(limits_result))
+    assert json.loads(json.dumps(limits_result)) == limits_result
+    # No section needed the generated sample: none was made.
+    assert not os.path.exists(os.path.join(limits_result["config"]["work_dir"], "records"))
+
+
+def test_onednn_isa_limit_check():
+    avx512 = "Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions"
+    amx = "Intel AVX-512 with Intel DL Boost and bfloat16 support and Intel AMX"
+    assert benchmarks.isa_consistent("AVX2", "Intel AVX2")
+    assert benchmarks.isa_consistent("avx2_vnni", "Intel AVX2 with Intel DL Boost")
+    assert not benchmarks.isa_consistent("AVX2", avx512)
+    assert not benchmarks.isa_consistent("AVX512_CORE_BF16", amx)
+    assert benchmarks.isa_consistent("AVX512_CORE_AMX", amx)
+    assert benchmarks.isa_consistent("AVX512_CORE", "Intel AVX2")
+    assert benchmarks.isa_consistent("ALL", avx512) is None
+    assert benchmarks.isa_consistent(None, avx512) is None
+    assert benchmarks.isa_consistent("AVX2", None) is None
+    info = benchmarks.onednn_info(avx512, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert info["consistent"] is False and "the limit did not take effect" in info["note"]
+    assert (info["max_cpu_isa_variable"], info["onednn_max_cpu_isa"]) == (
+        "ONEDNN_MAX_CPU_ISA", "AVX2")
+    info = benchmarks.onednn_info("Intel AVX2", {"DNNL_MAX_CPU_ISA": "AVX2"})
+    assert info["consistent"] and info["note"] is None and info["onednn_max_cpu_isa"] is None
+    assert benchmarks.onednn_info("Intel AVX2", {})["consistent"] is None
+
+
+def test_demo_settings_follow_the_demo_flagfile(tmp_path):
+    """The demo's model as pipelines/demo.flags sets it (its plain --name=value lines), and the
+    built-in constants where the file is missing or does not parse."""
+    settings, source = benchmarks.demo_settings()
+    assert source == os.path.relpath(REPO / "pipelines" / "demo.flags")
+    given = dict(line[2:].split("=", 1) for line in
+                 (REPO / "pipelines" / "demo.flags").read_text().splitlines()
+                 if line.startswith("--") and "=" in line)
+    for name, value in settings.items():
+        if name in given:
+            assert str(value) == given[name], name
+    assert settings["backbone"] == "scratch"
+    missing, source = benchmarks.demo_settings(str(tmp_path / "none.flags"))
+    assert missing == benchmarks.DEMO_DEFAULTS and source.startswith("built-in constants")
+    (tmp_path / "bad.flags").write_text("--patch_size=many\n")
+    bad, source = benchmarks.demo_settings(str(tmp_path / "bad.flags"))
+    assert bad == benchmarks.DEMO_DEFAULTS and "did not parse" in source

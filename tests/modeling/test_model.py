@@ -262,6 +262,7 @@ def test_dataset_normalization_uses_mean_and_std():
     np.testing.assert_allclose(_normalized(model, x), expected, atol=1e-5)
 
 
+@pytest.mark.dtype_policy("mixed_float16")
 def test_mixed_float16_outputs_float32(mixed_float16):
     model = build_model(tiny())
     assert model.output["probabilities"].dtype == "float32"

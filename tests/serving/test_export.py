@@ -567,6 +567,7 @@ def test_training_exports_its_best_model_at_the_end(records, tmp_path, float32_a
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.dtype_policy("mixed_float16")
 def test_export_of_a_mixed_precision_run_serves_float32(records, tmp_path, float32_afterwards):
     metrics = train_with_export(train_config(records, tmp_path, mixed_precision="on"))
     assert metrics["mixed_precision"] is True

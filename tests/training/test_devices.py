@@ -82,6 +82,89 @@ def test_cpu_bfloat16_only_with_auto_and_no_accelerator():
     assert set(devices.cpu_bfloat16_flags()) <= {"avx512_bf16", "amx_bf16"}
 
 
+SAPPHIRE_RAPIDS = {"sse4_1", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+                   "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",
+                   "amx_bf16"}
+HASWELL = {"sse4_1", "avx", "avx2", "fma"}
+SKYLAKE_X = HASWELL | {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+
+
+@pytest.mark.parametrize("flags,isa", [
+    (SAPPHIRE_RAPIDS, "AVX512_CORE_AMX"), (HASWELL, "AVX2"), (SKYLAKE_X, "AVX512_CORE"),
+    (SKYLAKE_X | {"avx512_vnni", "avx512_bf16"}, "AVX512_CORE_BF16"),
+    (HASWELL | {"avx_vnni"}, "AVX2_VNNI"), ({"sse4_1"}, "SSE41"), (set(), None),
+])
+def test_cpu_isa_from_the_cpu_flags(flags, isa):
+    assert devices.cpu_isa(flags) == isa
+
+
+@pytest.mark.parametrize("environ,isa", [
+    ({}, "AVX512_CORE_AMX"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "AVX2"),
+    ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "AVX512_CORE"),
+    ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "AVX512_CORE_VNNI"),
+    ({"ONEDNN_MAX_CPU_ISA": "ALL"}, "AVX512_CORE_AMX"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX10_1_512_AMX_FP16"}, "AVX512_CORE_AMX"),  # above the CPU: its own
+])
+def test_onednn_isa_is_the_cpu_held_to_the_limit(environ, isa):
+    assert devices.onednn_isa(environ, SAPPHIRE_RAPIDS) == isa
+
+
+def test_an_unknown_isa_limit_is_a_clear_error():
+    with pytest.raises(devices.DeviceError, match="ONEDNN_MAX_CPU_ISA='AVX3'.*AVX2"):
+        devices.onednn_isa_limit({"ONEDNN_MAX_CPU_ISA": "AVX3"})
+
+
+@pytest.mark.parametrize("flags,environ,native", [
+    (SAPPHIRE_RAPIDS, {}, True),
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, True),
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, False),
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),
+    (HASWELL, {}, False),
+    (SKYLAKE_X, {}, False),
+])
+def test_cpu_bfloat16_honours_the_onednn_isa_limit(flags, environ, native):
+    """--cpu_bfloat16 held below AVX512_CORE_BF16 by ONEDNN_MAX_CPU_ISA runs float32: oneDNN
+    refuses bfloat16 convolutions there."""
+    assert devices.native_cpu_bfloat16(environ, flags) is native
+
+
+def test_setup_runs_float32_when_the_isa_limit_forbids_bfloat16(monkeypatch):
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: set(SAPPHIRE_RAPIDS))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    previous = keras.config.dtype_policy()
+    try:
+        assert devices.setup("auto", "default", cpu_bfloat16=True).policy == "float32"
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        assert devices.setup("auto", "default", cpu_bfloat16=True).policy == "mixed_bfloat16"
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_a_policy_onednn_cannot_run_under_the_limit_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: set(SAPPHIRE_RAPIDS))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with pytest.raises(devices.DeviceError, match="--mixed_precision=bfloat16 cannot run here: "
+                       "oneDNN is held to AVX2.*--mixed_precision=off"):
+        devices.setup("bfloat16", "default")
+    assert devices.onednn_refuses("mixed_float16", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+                                  SAPPHIRE_RAPIDS)
+    assert devices.onednn_refuses("mixed_float16", {}, SAPPHIRE_RAPIDS) is None
+    assert devices.onednn_refuses("mixed_bfloat16", {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+                                  HASWELL) is None  # emulated, runs
+    assert devices.onednn_refuses("float32", {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+                                  SAPPHIRE_RAPIDS) is None
+
+
+def test_describe_compute_names_precision_isa_and_limit(monkeypatch):
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: set(SAPPHIRE_RAPIDS))
+    line = devices.describe_compute("float32", {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert "float32" in line and "instruction set AVX2" in line
+    assert "held by ONEDNN_MAX_CPU_ISA=AVX2 (the CPU has AVX512_CORE_AMX)" in line
+    line = devices.describe_compute("mixed_bfloat16", {})
+    assert "bfloat16 compute" in line and "AVX512_CORE_AMX" in line and "held" not in line
+
+
 def test_unknown_precision_and_strategy_are_clear_errors():
     with pytest.raises(devices.DeviceError, match="--mixed_precision must be one of"):
         devices.resolve_policy("half")
@@ -190,6 +273,7 @@ def test_non_chief_restores_the_chiefs_backup(tmp_path):
 
 # ------------------------------------------------------------------------------------ bfloat16
 
+@pytest.mark.dtype_policy("mixed_bfloat16")
 def test_bfloat16_training_and_float32_export(records, tmp_path, restore_policy):
     metrics = trainer.train(tiny_config(records, tmp_path / "run", epochs=1,
                                         mixed_precision="bfloat16", export=True,
