@@ -169,6 +169,12 @@ def top_classes(names: Sequence[str], probabilities, most: int = MAX_TITLE_CLASS
 def render(explanation: Explanation, class_names: Sequence[str], path: str,
            title: str = "") -> str:
     """Writes the figure of one photo (see the module docstring)."""
+    return figures.save_figure(draw(explanation, class_names, title), path)
+
+
+def draw(explanation: Explanation, class_names: Sequence[str], title: str = ""):
+    """The figure of one photo (see the module docstring), on its own Agg canvas: what
+    :func:`render` writes (the page takes its pixels from the canvas)."""
     from matplotlib.patches import Rectangle
 
     e = explanation
@@ -229,7 +235,7 @@ def render(explanation: Explanation, class_names: Sequence[str], path: str,
                          fontsize=9, loc="left")
     figure.subplots_adjust(left=0.02, right=0.98, top=0.92, bottom=0.02, wspace=0.08,
                            hspace=0.25)
-    return figures.save_figure(figure, path)
+    return figure
 
 
 # ------------------------------------------------------------------------------------- photos

@@ -16,15 +16,16 @@ A Gradio ``gr.Blocks`` page over one export (any: joint, fine, binary):
   (``estimate_of``, ``estimate_truth``, ``stops.format_stop_error``, ``format_value``).
 * **the evidence** (a second event, ``/evidence``, run after the answer): the photo with the k
   evaluation patches outlined, each labelled with its own estimate (``gr.AnnotatedImage``), and
-  the figure ``explain`` draws (:func:`exif_keras.analysis.explainer.render`: the patches, the
+  the figure ``explain`` draws (:func:`exif_keras.analysis.explainer.draw`: the patches, the
   patch that speaks most for the predicted class, its activation maps). It needs the training run
   folder (the export's ``source_model_dir``, or ``--model_dir``); without it the page says so and
   the answer still works.
 
 Under load the answer's event is queued with a concurrency limit and batched: Gradio hands up to
 ``max_batch_size`` waiting uploads to one call, which checks each file (magic number, header size:
-nothing decoded before the pixel limit is checked) and runs the good ones through the signature in
-one model call (a failing batch is retried photo by photo, as ``predict`` does).
+nothing decoded before the pixel limit is checked; all headers in one call) and runs the good ones
+through the signature in as few model calls as :data:`MODEL_CALL_PATCH_PIXELS` allows (the
+server's memory; a failing call is retried photo by photo, as ``predict`` does).
 
 A file that cannot be answered (not an image, a truncated JPEG, a photo smaller than a patch, a
 header over the export's ``max_pixels``) gets one sentence in the headline (:func:`problem_text`)
@@ -35,8 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
-import uuid
 from typing import Optional, Sequence
 
 import numpy as np
@@ -49,8 +48,21 @@ from exif_keras.serving import exporter, predictor, signature
 
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_CONCURRENCY = 1      # model calls at once (each takes a batch of up to max_batch_size)
+# One model call takes at most this many patch pixels (k x P x P per photo): a batch of uploads
+# is cut into calls of at most 32 patches of 128 px (4 photos of the paper's k = 8 x 128 px; the
+# demo's 16 x 32 px: 32 photos, so max_batch_size decides). The activations of VGG16's first
+# blocks grow with it (about 70 MB per patch at 128 px) and the CPU time per photo does not fall
+# beyond it (measured 318 vs 322 ms per photo at 8 and 4 photos a call): the server's peak memory
+# stays under 1.5 GB at no cost in throughput.
+MODEL_CALL_PATCH_PIXELS = 32 * 128 * 128
 TOP_CLASSES = 5              # classes shown per gr.Label
 EVIDENCE_MAX_SIDE = 1024     # the annotated photo is shown at most this large (boxes scaled)
+# Gradio's queue keeps a record of its last events (10000 by default) and, by default, sums them
+# up through pandas after every event (for its monitoring page, which this page does not offer):
+# a cost per request that grows with the number of requests served. Summed up every 100 events
+# over the last 1000 (set before the queue is made; the environment's own values win).
+QUEUE_SUMMARY_ENV = {"GRADIO_ANALYTICS_CACHE_FREQUENCY": "100",
+                     "GRADIO_ANALYTICS_MAX_EVENTS": "1000"}
 EXAMPLES = 3                 # example photos from the built-in sample, when present
 SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto",
                 "Helvetica Neue", "Arial", "sans-serif")
@@ -93,14 +105,29 @@ def problem_text(problem: str) -> str:
     return f"This photo cannot be used: {problem}."
 
 
-def size_problem(data: bytes, max_pixels: int, patch_size: int) -> Optional[str]:
+def header_sizes(items: Sequence[bytes]) -> list[Optional[tuple[int, int]]]:
+    """(height, width) from each JPEG's or PNG's header, nothing decoded: one call for all, or,
+    when one header does not parse, one call each (None for those that do not parse)."""
+    if not items:
+        return []
+    try:
+        return [(int(h), int(w)) for h, w in _image_sizes(tf.constant(list(items))).numpy()]
+    except tf.errors.InvalidArgumentError:
+        if len(items) == 1:
+            return [None]
+        return [size for data in items for size in header_sizes([data])]
+
+
+def size_problem(data: bytes, max_pixels: int, patch_size: int,
+                 size: Optional[tuple[int, int]] = None) -> Optional[str]:
     """The header checks, nothing decoded: over the pixel limit (the served model's message) or
     smaller than one patch on either side. None when the header does not parse (the decoder
-    then gives the reason) or the size is fine."""
-    try:
-        height, width = (int(v) for v in _image_sizes(tf.constant([data]))[0].numpy())
-    except tf.errors.InvalidArgumentError:
+    then gives the reason) or the size is fine. ``size``: the header's (height, width) when
+    already read (:func:`header_sizes`)."""
+    size = size or header_sizes([data])[0]
+    if size is None:
         return None
+    height, width = size
     if height * width > max_pixels:
         return signature.TOO_MANY_PIXELS.format(width, height, width * height, max_pixels)
     if min(height, width) < patch_size:
@@ -168,30 +195,47 @@ class Page:
             headers.append(CHECK_HEADER)
         return headers
 
-    def check(self, data: bytes) -> Optional[str]:
-        """Why these bytes are refused before the model runs (one sentence), or None."""
+    def check(self, data: bytes, size: Optional[tuple[int, int]] = None) -> Optional[str]:
+        """Why these bytes are refused before the model runs (one sentence), or None. ``size``:
+        the header's (height, width) when already read."""
         problem = predictor.image_problem(data) or size_problem(
-            data, self.predictor.max_pixels, self.patch_size)
+            data, self.predictor.max_pixels, self.patch_size, size)
         return problem_text(problem) if problem else None
 
+    @property
+    def call_size(self) -> int:
+        """Photos one model call takes at most (:data:`MODEL_CALL_PATCH_PIXELS`)."""
+        k = int(self.predictor.metadata.get("num_patches", 1) or 1)
+        return max(1, MODEL_CALL_PATCH_PIXELS // (k * self.patch_size ** 2))
+
     def answer_batch(self, items: Sequence[Optional[bytes]]) -> list[Answer]:
-        """One Answer per upload (None: nothing uploaded): the checks, then one model call for
-        all good files (a failing call retried photo by photo)."""
+        """One Answer per upload (None: nothing uploaded): the checks (all headers read in one
+        call), then the good files through the model, as few calls as
+        :data:`MODEL_CALL_PATCH_PIXELS` allows (a failing call retried photo by photo)."""
         answers: list[Optional[Answer]] = [None] * len(items)
         good = []
+        images = [i for i, data in enumerate(items)
+                  if data is not None and not predictor.image_problem(data)]
+        try:   # every header in one call
+            sizes = dict(zip(images, header_sizes([items[i] for i in images])))
+        except Exception:  # noqa: BLE001 - read again one by one below
+            sizes = {}
         for i, data in enumerate(items):
             if data is None:
                 answers[i] = Answer()
                 continue
             try:
-                problem = self.check(data)
+                problem = self.check(data, sizes.get(i))
             except Exception as e:  # noqa: BLE001 - a sentence, never a traceback
                 problem = problem_text(f"its header cannot be read ({type(e).__name__})")
             if problem:
                 answers[i] = Answer(problem=problem)
             else:
                 good.append(i)
-        for i, outputs in zip(good, self._run([items[i] for i in good])):
+        step = self.call_size
+        results = [r for start in range(0, len(good), step)
+                   for r in self._run([items[i] for i in good[start:start + step]])]
+        for i, outputs in zip(good, results):
             try:
                 answers[i] = (Answer(problem=problem_text(outputs)) if isinstance(outputs, str)
                               else self.describe(items[i], outputs))
@@ -311,17 +355,11 @@ class Page:
         for (y, x, size), label in zip(explanation.boxes, labels_):
             box = tuple(int(round(v * scale)) for v in (x, y, x + size, y + size))
             boxes.append((box, label))
-        names = ex.class_names[explanation.field]
-        path = os.path.join(tempfile.gettempdir(), f"exif-page-{uuid.uuid4().hex}.png")
-        try:
-            explainer.render(explanation, names, path, title)
-            from PIL import Image
-
-            with Image.open(path) as figure:
-                drawn = np.asarray(figure.convert("RGB"))
-        finally:
-            if os.path.exists(path):
-                os.remove(path)
+        # explain's figure, its pixels taken from the canvas (what render would write as a PNG,
+        # without the PNG's encoding and decoding: about 160 ms of CPU less per photo)
+        figure = explainer.draw(explanation, ex.class_names[explanation.field], title)
+        figure.canvas.draw()
+        drawn = np.array(figure.canvas.buffer_rgba())[..., :3]
         return (shown, boxes), drawn, ""
 
     def patch_labels(self, explanation) -> list[str]:
@@ -375,6 +413,8 @@ def build(page: Page, examples: Sequence[str] = (),
           concurrency_limit: int = DEFAULT_CONCURRENCY):
     """The gr.Blocks of ``page`` (not launched; see :func:`launch`)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    for name, value in QUEUE_SUMMARY_ENV.items():
+        os.environ.setdefault(name, value)
     import gradio as gr
 
     with gr.Blocks(title=f"exif-keras: {page.name}", analytics_enabled=False) as blocks:
@@ -398,8 +438,9 @@ def build(page: Page, examples: Sequence[str] = (),
                                 label=f"{h.field}: class probabilities",
                                 elem_id=f"probabilities-{h.field}")
                        for h in page.class_heads]
+        # the photo sent as a JPEG (Gradio's default WebP costs half as much again to encode)
         annotated = gr.AnnotatedImage(label="the k patches, each with its own estimate",
-                                      elem_id="patches", show_legend=True)
+                                      elem_id="patches", show_legend=True, format="jpeg")
         note = gr.Markdown(elem_id="evidence-note")
         gr.Markdown("A look inside (what `explain` draws): the patches, the one that speaks most "
                     "for the predicted class, and its activation maps.")

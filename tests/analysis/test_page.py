@@ -128,6 +128,42 @@ def test_bad_files_get_one_sentence_and_the_next_upload_works(pages, files, kind
     assert answers[4] == page_lib.Answer()
 
 
+def test_a_batch_is_cut_into_model_calls_of_bounded_patch_pixels(pages, files, monkeypatch):
+    """MODEL_CALL_PATCH_PIXELS bounds each model call (the server's memory); the answers are the
+    ones each photo gets alone, bad files in the batch included (their headers read in one call)."""
+    page = pages["joint"]
+    goods = []
+    for path in files.values():
+        with open(path, "rb") as f:
+            goods.append(f.read())
+    alone = [page.answer(data) for data in goods]
+    bad = bad_files()
+    batch = [goods[0], bad["bomb.jpg"], goods[1], bad["tiny.jpg"], goods[2], bad["truncated.jpg"],
+             goods[3], bad["notes.txt"]]
+    calls = []
+    inner = page.predictor
+
+    class Recorder:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def __call__(self, items):
+            calls.append(len(items))
+            return inner(items)
+
+    monkeypatch.setattr(page, "predictor", Recorder())
+    monkeypatch.setattr(page_lib, "MODEL_CALL_PATCH_PIXELS", 2 * K * P * P)   # 2 photos a call
+    assert page.call_size == 2
+    answers = page.answer_batch(batch)
+    assert [answers[i] for i in (0, 2, 4, 6)] == alone
+    assert "over the limit" in answers[1].problem and "smaller than one" in answers[3].problem
+    assert "does not decode" in answers[5].problem and "not a JPEG" in answers[7].problem
+    # 5 files pass the header checks: calls of 2, 2 and 1; the one with the truncated file fails
+    # and is retried photo by photo
+    assert calls[:2] == [2, 2] and max(calls) <= 2 and sum(calls) == 5 + 2
+    assert page_lib.header_sizes([goods[0], bad["truncated.jpg"][:10], goods[1]])[1] is None
+
+
 def test_evidence_boxes_are_the_evaluation_grid_with_each_patch_estimate(pages, files):
     page = pages["joint"]
     with open(files["rgb.jpg"], "rb") as f:
