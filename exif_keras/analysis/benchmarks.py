@@ -748,12 +748,12 @@ def demo_settings(flagfile: Optional[str] = None) -> tuple[dict, str]:
     try:
         from absl import flags
 
-        from exif_keras.training import config as train_config
+        from exif_keras.training import config as config_lib
 
         values = flags.FlagValues()
-        train_config.define_flags(values)
+        config_lib.define_flags(values)
         values(["demo", f"--flagfile={flagfile}"], known_only=True)
-        train = train_config.TrainConfig.from_flags(values)
+        train = config_lib.TrainConfig.from_flags(values)
     except Exception as e:  # noqa: BLE001 - a flagfile being edited: report, use the constants
         return dict(DEMO_DEFAULTS), (f"built-in constants ({flagfile} did not parse: "
                                      f"{type(e).__name__}: {e})")
