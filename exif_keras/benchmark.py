@@ -10,12 +10,12 @@ than either figure alone):
    ``dct_method``; each image reduced to its shape and first pixel, batched by 32: the bare decode
    rate, see :func:`plain_decode_dataset`), so the ratio is the cost of everything but the
    decoding. Also images per CPU-second (process CPU time, every thread; ``time.process_time``)
-   and the cores used, since the goal is "pipeline at no less than 0.8x the decode rate *per core
-   used*".
+   and the cores used, since the goal is "pipeline at no less than 0.85x the decode rate *per
+   CPU-second*" (issue 16).
 2. **train**: a training step (``model.train_on_batch``: forward, backward of the head, Adam) of
    the paper's model (VGG16 trunk to block3_conv3, random weights: the speed is the same, k=8,
    P=128, F=64, batch B) against the frozen trunk's forward pass alone on the same batch folded to
-   ``[B*k, P, P, 3]`` (``trunk_of(model)`` in a ``tf.function``, no XLA). Goal: step >= 0.8x the
+   ``[B*k, P, P, 3]`` (``trunk_of(model)`` in a ``tf.function``, no XLA). Goal: step >= 0.85x the
    trunk forward rate, since the frozen trunk needs no backward pass. A FLOP count of the per-patch
    network gives the ceiling of that ratio (trunk forward / (trunk forward + head forward and
    backward, ~3x its forward)).

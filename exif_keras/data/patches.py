@@ -52,43 +52,48 @@ def grid_shape(num_patches: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _grid_tables(num_patches: int) -> tuple[np.ndarray, np.ndarray]:
-    """Constants of the evaluation grid for k patches, computed once so that the graph does the
-    least work per image (tf.data's cost grows with the number of ops per element):
-    int32 [2 orientations, 2 (index i along the axis, gap count max(n - 1, 1)), 2 axes, k] and
-    bool [2 orientations, 2 axes, k] (patch in the first half of its axis). Orientation 0 is
-    landscape (fewer rows than columns), 1 portrait."""
+def _grid_table(num_patches: int) -> np.ndarray:
+    """The evaluation grid of k patches as constants, computed once so that the graph does the
+    least work per image: int32 [2 orientations, 3 (a, b, g), k, 3 axes (y, x, channel)] such that
+    a patch's offset along an axis of slack D is ``(a * D + b) // g`` (the channel axis: 0).
+    Orientation 0 is landscape (fewer rows than columns), 1 portrait.
+
+    Along an axis with n patches, patch i in the first half is at ``floor(i D / (n - 1))`` (a, b,
+    g = i, 0, n - 1); in the second half, mirrored, at ``D - floor((n - 1 - i) D / (n - 1))``,
+    which equals ``floor((i D + n - 2) / (n - 1))`` (a, b, g = i, n - 2, n - 1: for integers,
+    D - floor(q / g) = ceil((g D - q) / g) and ceil(p / g) = floor((p + g - 1) / g)); a lone
+    patch (n = 1) at ``floor(D / 2)`` (1, 0, 2), the centre (which also covers k = 1 and a prime
+    k's 1 x k strip)."""
     short, long = grid_shape(num_patches)
-    counts = np.zeros([2, 2, 2, num_patches], np.int32)
-    first_half = np.zeros([2, 2, num_patches], bool)
+    table = np.zeros([2, 3, num_patches, 3], np.int32)
+    table[:, 2, :, 2] = 1   # channel axis: (0 * D + 0) // 1 = 0
     for orientation, (rows, cols) in enumerate(((short, long), (long, short))):
         for axis, (index, n) in enumerate(((np.repeat(np.arange(rows), cols), rows),
                                            (np.tile(np.arange(cols), rows), cols))):
-            counts[orientation, 0, axis] = index
-            counts[orientation, 1, axis] = max(n - 1, 1)
-            first_half[orientation, axis] = 2 * index <= n - 1
-    return counts, first_half
+            if n == 1:
+                a, b, g = np.ones_like(index), 0, 2
+            else:
+                a, b, g = index, np.where(2 * index <= n - 1, 0, n - 2), n - 1
+            table[orientation, :, :, axis] = np.broadcast_arrays(a, b, g)
+    return table
+
+
+def _grid_begins(shape: tf.Tensor, num_patches: int, patch_size: int) -> tf.Tensor:
+    """int32 [k, 3]: the (y, x, 0) corner of each patch of the evaluation grid on an image of
+    ``shape`` int32 [3] = (height, width, channels), see :func:`grid_offsets` and
+    :func:`_grid_table` (a handful of ops per image)."""
+    slack = shape - tf.constant([patch_size, patch_size, 0])       # (D_y, D_x, C)
+    # argmin is 1 only when width < height: portrait; ties (square) give 0, landscape
+    a, b, g = tf.unstack(tf.gather(tf.constant(_grid_table(num_patches)),
+                                   tf.argmin(shape[:2], output_type=tf.int32)))
+    return (a * slack + b) // g
 
 
 def _grid_offsets(height: tf.Tensor, width: tf.Tensor, num_patches: int,
                   patch_size: int) -> tf.Tensor:
     """int32 [2, k] (y row, x row) offsets of the evaluation grid, see :func:`grid_offsets`."""
-    counts, first_half = _grid_tables(num_patches)
-    orientation = tf.cast(width < height, tf.int32)
-    index, gaps = tf.unstack(tf.gather(tf.constant(counts), orientation))
-    slack = tf.stack([height - patch_size, width - patch_size])[:, None]   # [2, 1]
-    if num_patches == 1:  # the centre crop
-        return slack // 2
-    # Along an axis of slack D with n patches: floor(i D / (n - 1)) in the first half, mirrored
-    # D - floor((n - 1 - i) D / (n - 1)) in the second, floor(D / 2) for a lone patch.
-    first = (index * slack) // gaps
-    mirrored = slack - ((gaps - index) * slack) // gaps
-    offsets = tf.where(tf.gather(tf.constant(first_half), orientation), first, mirrored)
-    short, _ = grid_shape(num_patches)
-    if short == 1:  # a 1 x k strip (prime k): its single row (landscape) or column is centred
-        lone = tf.gather(tf.constant([[[True], [False]], [[False], [True]]]), orientation)
-        offsets = tf.where(lone, slack // 2, offsets)
-    return offsets
+    begins = _grid_begins(tf.stack([height, width, 0]), num_patches, patch_size)
+    return tf.transpose(begins[:, :2])
 
 
 def grid_offsets(height, width, num_patches: int, patch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -109,16 +114,16 @@ def pad_to_min_size(image: tf.Tensor, min_size: int) -> tf.Tensor:
     return tf.pad(image, paddings)
 
 
-def _random_offsets(height, width, num_patches: int, patch_size: int,
-                    seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+def _random_begins(size: tf.Tensor, num_patches: int, patch_size: int,
+                   seed: Optional[tf.Tensor] = None) -> tf.Tensor:
     """int32 [2, k] (y row, x row): k uniform top-left offsets (y in [0, H-P], x in [0, W-P]) on
-    a (padded) image, the training crops of :func:`extract_patches`.
+    a (padded) image of ``size`` int32 [2] = (H, W), the training crops of
+    :func:`extract_patches`.
 
     ``seed``: shape-[2] integer tensor for stateless sampling; None uses the stateful
     ``tf.random.uniform`` (repeatable only under ``tf.random.set_seed`` and a serial pipeline).
     """
-    slack = tf.stack([tf.convert_to_tensor(height, tf.int32) - patch_size,
-                      tf.convert_to_tensor(width, tf.int32) - patch_size])
+    slack = size - patch_size
     if seed is None:
         unit = tf.random.uniform([2, num_patches], dtype=tf.float32)
     else:
@@ -126,6 +131,34 @@ def _random_offsets(height, width, num_patches: int, patch_size: int,
     # floor(u * (D + 1)) is uniform on {0..D}; the minimum guards against u * (D + 1) rounding up.
     span = tf.cast(slack + 1, tf.float32)[:, None]
     return tf.minimum(tf.cast(tf.floor(unit * span), tf.int32), slack[:, None])
+
+
+def _random_offsets(height, width, num_patches: int, patch_size: int,
+                    seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """:func:`_random_begins` of a height x width image."""
+    size = tf.stack([tf.convert_to_tensor(height, tf.int32), tf.convert_to_tensor(width, tf.int32)])
+    return _random_begins(size, num_patches, patch_size, seed)
+
+
+def patch_slices(image: tf.Tensor, num_patches: int, patch_size: int, is_training: bool,
+                 seed: Optional[tf.Tensor] = None, pad: bool = True) -> list[tf.Tensor]:
+    """The k patches of :func:`extract_patches` as a list of k uint8 [P, P, 3] tensors, not yet
+    stacked (the input pipeline stacks a whole batch of them at once)."""
+    if num_patches < 1 or patch_size < 1:
+        raise ValueError(f"need num_patches >= 1 and patch_size >= 1, "
+                         f"got {num_patches} and {patch_size}")
+    image = tf.convert_to_tensor(image)
+    if pad:  # False only where every image is known to be large enough (see make_dataset)
+        image = pad_to_min_size(image, patch_size)
+    shape = tf.shape(image, out_type=tf.int32)
+    if is_training:
+        begins = tf.pad(tf.transpose(_random_begins(shape[:2], num_patches, patch_size, seed)),
+                        [[0, 0], [0, 1]])
+    else:
+        begins = _grid_begins(shape, num_patches, patch_size)
+    # k static slices (one op each; fewer ops than a gather, and per-op cost is what counts)
+    begins = tf.unstack(begins, num=num_patches)
+    return [tf.slice(image, begin, [patch_size, patch_size, -1]) for begin in begins]
 
 
 def extract_patches(image: tf.Tensor, num_patches: int, patch_size: int, is_training: bool,
@@ -137,19 +170,5 @@ def extract_patches(image: tf.Tensor, num_patches: int, patch_size: int, is_trai
     Images smaller than P in a dimension are zero-padded first (:func:`pad_to_min_size`);
     ``pad=False`` skips that step for images known to be at least P on each side.
     """
-    if num_patches < 1 or patch_size < 1:
-        raise ValueError(f"need num_patches >= 1 and patch_size >= 1, "
-                         f"got {num_patches} and {patch_size}")
-    image = tf.convert_to_tensor(image)
-    if pad:  # False only where every image is known to be large enough (see make_dataset)
-        image = pad_to_min_size(image, patch_size)
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    if is_training:
-        offsets = _random_offsets(height, width, num_patches, patch_size, seed)
-    else:
-        offsets = _grid_offsets(height, width, num_patches, patch_size)
-    # k static slices (one op each; fewer ops than a gather, and tf.data map cost is per op)
-    begins = tf.unstack(tf.pad(tf.transpose(offsets), [[0, 0], [0, 1]]), num=num_patches)
-    patches = tf.stack([tf.slice(image, begin, [patch_size, patch_size, -1]) for begin in begins])
+    patches = tf.stack(patch_slices(image, num_patches, patch_size, is_training, seed, pad))
     return tf.ensure_shape(patches, [num_patches, patch_size, patch_size, 3])

@@ -69,7 +69,7 @@ from typing import Mapping, Optional, Sequence
 import keras
 
 from exif_keras.data import patches
-from exif_keras.modeling import backbones, layers, losses
+from exif_keras.modeling import backbones, layers, losses, optimizers, regularizers
 
 NORMALIZATIONS = ("auto", "vgg", "dataset")
 PATCH_MODES = ("folded", "time_distributed")
@@ -233,7 +233,7 @@ def config_from_json(text: str) -> ModelConfig:
 
 def build_head(config: ModelConfig, feature_shape: Sequence[int]) -> keras.Model:
     """The per-patch head, a keras.Model named "head": feature map -> [dense_units], linear."""
-    regularizer = keras.regularizers.L2(config.l2) if config.l2 else None
+    regularizer = regularizers.L2(config.l2) if config.l2 else None
     inputs = keras.Input(tuple(feature_shape), name="head_input")
     x = inputs
     for i, kernel in enumerate(HEAD_KERNELS, start=1):
@@ -269,7 +269,7 @@ def build_model(config: ModelConfig) -> keras.Model:
     if not config.heads:
         raise ValueError("a model needs at least one head (num_classes or heads)")
     k, p = config.num_patches, config.patch_size
-    regularizer = keras.regularizers.L2(config.l2) if config.l2 else None
+    regularizer = regularizers.L2(config.l2) if config.l2 else None
     if config.resolved_normalization == "vgg":
         normalize = layers.PatchNormalization(backbones.VGG_MEAN_BGR, (1.0, 1.0, 1.0), True,
                                               name="normalize")
@@ -379,7 +379,8 @@ def compile_model(
     model: keras.Model, learning_rate=1e-3, label_smoothing: float = 0.0,
     loss_weights: Optional[dict] = None, ordinal_sigma: float = 0.0, **compile_kwargs
 ) -> None:
-    """Adam (``learning_rate``: a float or a Keras schedule), and per head a masked loss and
+    """Adam (:class:`optimizers.Adam`, Keras' Adam with its large updates fused;
+    ``learning_rate``: a float or a Keras schedule), and per head a masked loss and
     metric (labels -1 / NaN count for nothing).
 
     Classification heads: cross-entropy on integer class ids (``[B]`` or ``[B, 1]``), metric
@@ -408,7 +409,7 @@ def compile_model(
     if unknown:
         raise ValueError(f"loss weights for unknown heads {unknown}; heads: {sorted(loss_fns)}")
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizers.Adam(learning_rate),
         loss=loss_fns,
         loss_weights={name: float((loss_weights or {}).get(name, 1.0)) for name in loss_fns},
         metrics=metrics,

@@ -387,3 +387,58 @@ def test_manifest_counts_and_stats(records_dir, tmp_path):
         records_manifest.dataset_mean_std({"counts": {}})
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         records_manifest.read_manifest(str(tmp_path / "nowhere"))
+
+
+def _per_image_reference(config, split, field, is_training, seed, epoch=None):
+    """The pipeline as it was before batches were cut at once: make_dataset's stages with one
+    ``Parser.parse_fn`` map per image (its crop seed the next two numbers of the stream), then
+    ``batch``. The batched pipeline must give exactly its patches, labels and order."""
+    parser = pipeline.Parser(field, "binary", num_patches=config.num_patches,
+                             patch_size=config.patch_size)
+    decoder = pipeline.Decoder(keys=parser.keys)
+    ds = pipeline.read_records(config.data_dir, split, is_training, seed, epoch=epoch)
+    ds = ds.batch(pipeline.PARSE_BATCH).map(decoder.decode).unbatch().filter(parser.keep)
+    parse = parser.parse_fn(is_training)
+    if is_training:
+        ds = ds.shuffle(config.shuffle_buffer, seed=pipeline._stage_seed(seed, "shuffle", epoch),
+                        reshuffle_each_iteration=epoch is None)
+        crop_seeds = tf.data.Dataset.random(seed=pipeline._stage_seed(seed, "crops", epoch),
+                                            rerandomize_each_iteration=epoch is None).batch(2)
+        ds = tf.data.Dataset.zip(ds, crop_seeds).map(lambda d, s: parse(d, seed=s))
+    else:
+        ds = ds.map(parse)
+    return ds.batch(config.batch_size)
+
+
+def test_batches_cut_at_once_equal_the_per_image_pipeline_for_any_format(tmp_path):
+    """Parser.batch_fn (full JPEG batches unrolled, a short or mixed batch looped) against the
+    per-image reference: the same patches, labels and order, training crops included, with a
+    PNG and a greyscale JPEG among the records and a short last batch."""
+    d = tmp_path / "records"
+    d.mkdir()
+    writer = tf.io.TFRecordWriter(str(d / features.SHARD_PATTERN.format(
+        split="train", index=0, count=1)))
+    for n in range(11):
+        h, w = SIZES[n % len(SIZES)]
+        array = textured(h, w, seed=n, grey=(n == 3))
+        if n == 5:   # a PNG: the generic decode, looped
+            buf = io.BytesIO()
+            Image.fromarray(array).save(buf, "PNG")
+            encoded, image_format = buf.getvalue(), "png"
+        else:
+            encoded, image_format = jpeg(array), "jpeg"
+        writer.write(features.make_example(
+            encoded=encoded, height=h, width=w, source_id=str(n), exposure_time=None,
+            f_number=None, iso=None, labels={"shutter": SHUTTER_FINE[n % len(SHUTTER_FINE)]},
+            image_format=image_format).SerializeToString())
+    writer.close()
+    config = pipeline.DataConfig(str(d), batch_size=3, num_patches=K, patch_size=P,
+                                 shuffle_buffer=16)
+    for is_training, seed, epoch in ((False, None, None), (True, 11, None), (True, 11, 2)):
+        got = run(pipeline.make_dataset(config, "train", "shutter", is_training=is_training,
+                                        seed=seed, epoch=epoch))
+        want = run(_per_image_reference(config, "train", "shutter", is_training,
+                                        seed if seed is not None else 0, epoch))
+        assert got[0].shape == (8, K, P, P, 3)       # 11 records, 3 without a binary label
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
