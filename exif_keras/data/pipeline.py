@@ -55,11 +55,14 @@ what serving shares with training: decoding, padding, the grid, the crops):
   as encoded bytes and one function decodes and cuts the whole batch, stacking all its patches
   once, rather than a map per image followed by ``batch``: tf.data's cost is per element and per
   stage, and the per-image map stacked each image's patches before ``batch`` copied them again.
-  Measured side by side on 2 otherwise idle cores (``python -m exif_keras.benchmark
-  --sections=pipeline``), make_dataset's images per CPU-second against plain ``decode_jpeg`` of
-  the same records went from 0.75-0.78x to 0.84-0.90x (evaluation and training); on a loaded
-  machine the gain shrinks, the patches' copies then waiting on shared memory bandwidth. The
-  patches, labels and order are exactly those of the per-image pipeline (tests/data).
+  Measured on 2 otherwise idle cores under ``ONEDNN_MAX_CPU_ISA=AVX2`` (``python -m
+  exif_keras.benchmark --sections=pipeline``, batch 32), make_dataset's images per CPU-second
+  against plain ``decode_jpeg`` of the same records went from 0.76x / 0.78x (evaluation /
+  training) to 0.87-0.90x / 0.97-0.99x (BUILD.md); on a loaded machine the gain shrinks, the
+  patches' copies then waiting on shared memory bandwidth. Batches over ``UNROLL_MAX`` images
+  are cut by a loop (an unrolled graph of 128 images traces for 2 s, once per epoch's dataset).
+  The patches, labels and order are exactly those of the per-image pipeline
+  (tests/data/test_dataset.py).
 * **Checking records** (:func:`exif_keras.records.manifest.verify_records`): before training, every
   shard the manifest lists must exist with its recorded record count (read from the TFRecord
   framing, one seek per record), and, when asked, its recorded sha256; a damaged shard is named at
