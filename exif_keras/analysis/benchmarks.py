@@ -50,6 +50,7 @@ SERVING_IMAGE_SIZE = (500, 375)                      # width, height of the serv
 SERVING_JPEG_QUALITY = 90
 PIPELINE_SPLIT = "train"
 PIPELINE_WARMUP_BATCHES = 3   # untimed batches of every fresh pipeline iterator
+PAPER_BATCH_SIZE = 32         # pipelines/paper_*.flags
 GOAL_RATIO = 0.85             # pipeline per CPU-second vs decode; training step vs trunk forward (issue 16)
 DATA_MARKER = "benchmark_data.json"
 PRECISION_TRUNK_PATCHES = 32  # patches per trunk forward in the precision section
@@ -552,6 +553,10 @@ def model_sections(config: BenchConfig, resolved: dict, which: Sequence[str],
                          f"running below the trunk's FLOP rate (small convolutions, BatchNorm "
                          f"and ReLU in training mode, their backward) and Adam updating "
                          f"{trainable:,} parameters every step")
+            if b < PAPER_BATCH_SIZE:
+                notes.append(f"at batch {b}; the paper trains at batch {PAPER_BATCH_SIZE} "
+                             f"(--batch_size={PAPER_BATCH_SIZE}), where the per-step update of "
+                             f"the parameters weighs a quarter as much per image")
         out["train"] = {
             **common, "baseline": "trunk_forward",
             "measurements": {n: summaries[n] for n in ("train_step_folded", "trunk_forward")},

@@ -424,3 +424,14 @@ def test_demo_settings_follow_the_demo_flagfile(tmp_path):
     (tmp_path / "bad.flags").write_text("--patch_size=many\n")
     bad, source = benchmarks.demo_settings(str(tmp_path / "bad.flags"))
     assert bad == benchmarks.DEMO_DEFAULTS and "did not parse" in source
+
+
+def test_goal_line_and_the_papers_batch_match_the_issue_and_the_flagfiles():
+    """The benchmark's goal line is issue 16's 0.85x, and the batch its train note names is the
+    one every paper flagfile trains with."""
+    assert benchmarks.GOAL_RATIO == 0.85
+    for path in sorted((REPO / "pipelines").glob("paper_*.flags")):
+        lines = path.read_text().splitlines()
+        batch = [line.split("=", 1)[1] for line in lines if line.startswith("--batch_size=")]
+        inherits = any(line.startswith("--flagfile=pipelines/paper_") for line in lines)
+        assert batch == [str(benchmarks.PAPER_BATCH_SIZE)] or (inherits and not batch), path.name
