@@ -475,6 +475,35 @@ def per_patch_flops(model: keras.Model) -> dict:
     return out
 
 
+def train_notes(step_ratio: float, cost: dict, trainable: int, batch_size: int) -> list[str]:
+    """The train section's notes: below the goal, why (the FLOP ceiling of
+    :func:`per_patch_flops` out of reach, or the head below the trunk's FLOP rate) and, at a
+    batch under the paper's, that the per-step work then weighs more per image."""
+    if step_ratio >= GOAL_RATIO:
+        return []
+    notes = [f"training step at {step_ratio:.3f}x the trunk forward rate, below the "
+             f"{GOAL_RATIO}x goal"]
+    ceiling = cost["ceiling_train_vs_trunk"]
+    if ceiling is not None and ceiling < GOAL_RATIO:
+        notes.append(f"the goal is out of reach at this configuration: by FLOPs the step "
+                     f"cannot exceed {ceiling:.2f}x (head forward + backward = "
+                     f"{3 * cost['head'] / cost['trunk']:.0%} of the trunk forward"
+                     + ("; the trunk is trainable and needs its backward too"
+                        if cost["trunk_trainable"] else "") + ")")
+        return notes
+    if ceiling is not None:
+        notes.append(f"by FLOPs the step could reach {ceiling:.2f}x: the rest is the head "
+                     f"running below the trunk's FLOP rate (small convolutions, BatchNorm "
+                     f"and ReLU in training mode, their backward) and Adam updating "
+                     f"{trainable:,} parameters every step")
+    if batch_size < PAPER_BATCH_SIZE:
+        notes.append(f"at batch {batch_size}; the paper trains at batch {PAPER_BATCH_SIZE} "
+                     f"(--batch_size={PAPER_BATCH_SIZE}), where the work done once per step "
+                     f"(the update of the parameters) weighs {batch_size}/{PAPER_BATCH_SIZE} "
+                     f"as much per image")
+    return notes
+
+
 def _synthetic_batch(config: BenchConfig, resolved: dict):
     """(rng, patches uint8 [B, k, P, P, 3], binary labels [B]) of the model measurements."""
     b, k, p = resolved["batch_size"], config.num_patches, config.patch_size
@@ -536,27 +565,8 @@ def model_sections(config: BenchConfig, resolved: dict, which: Sequence[str],
     if "train" in which:
         r = ratio(samples, "train_step_folded", "trunk_forward")
         cost = per_patch_flops(folded)
-        ceiling = cost["ceiling_train_vs_trunk"]
         trainable = int(sum(np.prod(v.shape) for v in folded.trainable_variables))
-        notes = []
-        if r["wall"] < GOAL_RATIO:
-            notes.append(f"training step at {r['wall']:.3f}x the trunk forward rate, below the "
-                         f"{GOAL_RATIO}x goal")
-        if ceiling is not None and ceiling < GOAL_RATIO:
-            notes.append(f"the goal is out of reach at this configuration: by FLOPs the step "
-                         f"cannot exceed {ceiling:.2f}x (head forward + backward = "
-                         f"{3 * cost['head'] / cost['trunk']:.0%} of the trunk forward"
-                         + ("; the trunk is trainable and needs its backward too"
-                            if cost["trunk_trainable"] else "") + ")")
-        elif ceiling is not None and r["wall"] < GOAL_RATIO:
-            notes.append(f"by FLOPs the step could reach {ceiling:.2f}x: the rest is the head "
-                         f"running below the trunk's FLOP rate (small convolutions, BatchNorm "
-                         f"and ReLU in training mode, their backward) and Adam updating "
-                         f"{trainable:,} parameters every step")
-            if b < PAPER_BATCH_SIZE:
-                notes.append(f"at batch {b}; the paper trains at batch {PAPER_BATCH_SIZE} "
-                             f"(--batch_size={PAPER_BATCH_SIZE}), where the per-step update of "
-                             f"the parameters weighs a quarter as much per image")
+        notes = train_notes(r["wall"], cost, trainable, b)
         out["train"] = {
             **common, "baseline": "trunk_forward",
             "measurements": {n: summaries[n] for n in ("train_step_folded", "trunk_forward")},

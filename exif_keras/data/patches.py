@@ -28,10 +28,8 @@ def decode_image(encoded: tf.Tensor, dct_method: Optional[str] = None) -> tf.Ten
     """Encoded image bytes (scalar string) -> uint8 [H, W, 3]. JPEG with ``dct_method`` (None:
     ``DCT_METHOD``); else (PNG, GIF's first frame, BMP) through ``tf.io.decode_image``.
     Greyscale/RGBA become RGB."""
-    dct_method = DCT_METHOD if dct_method is None else dct_method
-
     def _jpeg():
-        return tf.io.decode_jpeg(encoded, channels=3, dct_method=dct_method)
+        return decode_jpeg(encoded, dct_method)
 
     def _other():
         return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
@@ -39,6 +37,14 @@ def decode_image(encoded: tf.Tensor, dct_method: Optional[str] = None) -> tf.Ten
     image = tf.cond(tf.io.is_jpeg(encoded), _jpeg, _other)
     image.set_shape([None, None, 3])
     return image
+
+
+def decode_jpeg(encoded: tf.Tensor, dct_method: Optional[str] = None) -> tf.Tensor:
+    """JPEG bytes (scalar string) -> uint8 [H, W, 3], as :func:`decode_image` decodes a JPEG
+    (``dct_method`` None: ``DCT_METHOD``), without its format switch: for bytes known to be a
+    JPEG (the input pipeline checks a whole batch at once)."""
+    dct_method = DCT_METHOD if dct_method is None else dct_method
+    return tf.io.decode_jpeg(encoded, channels=3, dct_method=dct_method)
 
 
 # -------------------------------------------------------------------------------------- patches
@@ -89,19 +95,13 @@ def _grid_begins(shape: tf.Tensor, num_patches: int, patch_size: int) -> tf.Tens
     return (a * slack + b) // g
 
 
-def _grid_offsets(height: tf.Tensor, width: tf.Tensor, num_patches: int,
-                  patch_size: int) -> tf.Tensor:
-    """int32 [2, k] (y row, x row) offsets of the evaluation grid, see :func:`grid_offsets`."""
-    begins = _grid_begins(tf.stack([height, width, 0]), num_patches, patch_size)
-    return tf.transpose(begins[:, :2])
-
-
 def grid_offsets(height, width, num_patches: int, patch_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Top-left (y, x) int32 [k] offsets of the evaluation grid on a (padded) height x width image,
     in raster order. height/width are the sizes *after* padding (each >= patch_size)."""
-    offsets = _grid_offsets(tf.convert_to_tensor(height, tf.int32),
-                            tf.convert_to_tensor(width, tf.int32), num_patches, patch_size)
-    return offsets[0], offsets[1]
+    shape = tf.stack([tf.convert_to_tensor(height, tf.int32),
+                      tf.convert_to_tensor(width, tf.int32), 0])
+    begins = _grid_begins(shape, num_patches, patch_size)
+    return begins[:, 0], begins[:, 1]
 
 
 def pad_to_min_size(image: tf.Tensor, min_size: int) -> tf.Tensor:
@@ -131,13 +131,6 @@ def _random_begins(size: tf.Tensor, num_patches: int, patch_size: int,
     # floor(u * (D + 1)) is uniform on {0..D}; the minimum guards against u * (D + 1) rounding up.
     span = tf.cast(slack + 1, tf.float32)[:, None]
     return tf.minimum(tf.cast(tf.floor(unit * span), tf.int32), slack[:, None])
-
-
-def _random_offsets(height, width, num_patches: int, patch_size: int,
-                    seed: Optional[tf.Tensor] = None) -> tf.Tensor:
-    """:func:`_random_begins` of a height x width image."""
-    size = tf.stack([tf.convert_to_tensor(height, tf.int32), tf.convert_to_tensor(width, tf.int32)])
-    return _random_begins(size, num_patches, patch_size, seed)
 
 
 def patch_slices(image: tf.Tensor, num_patches: int, patch_size: int, is_training: bool,

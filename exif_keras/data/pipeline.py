@@ -200,22 +200,23 @@ class Parser:
         """One encoded image -> its k patches, uint8 [P, P, 3] each (not stacked). ``jpeg``: the
         bytes are known to be a JPEG, decoded as patches.decode_image decodes a JPEG (same op,
         same arguments, the same pixels) without its per-image format switch."""
-        if jpeg:
-            dct_method = patches.DCT_METHOD if self.dct_method is None else self.dct_method
-            image = tf.io.decode_jpeg(encoded, channels=3, dct_method=dct_method)
-        else:
-            image = patches.decode_image(encoded, self.dct_method)
+        image = (patches.decode_jpeg(encoded, self.dct_method) if jpeg else
+                 patches.decode_image(encoded, self.dct_method))
         return patches.patch_slices(image, self.num_patches, self.patch_size, is_training,
                                     seed=seed if is_training else None, pad=self.pad)
 
     def parse_fn(self, is_training: bool) -> Callable[..., tuple[tf.Tensor, dict]]:
-        """fn(decoded, seed=None) -> (patches, labels) of one record. ``seed`` (shape [2]) drives
-        the training crops statelessly; it is ignored for evaluation."""
+        """fn(decoded, seed=None) -> (patches, labels) of one record, through the public
+        ``patches.decode_image`` and ``patches.extract_patches`` (what serving cuts). make_dataset
+        cuts whole batches (:meth:`batch_fn`); this one-record form is for callers that map
+        records one by one, and the reference the batched pipeline is tested against. ``seed``
+        (shape [2]) drives the training crops statelessly; it is ignored for evaluation."""
 
         def _parse(decoded: dict, seed: Optional[tf.Tensor] = None):
-            cropped = tf.stack(self._patches(decoded[features.IMAGE_ENCODED], is_training, seed))
-            cropped = tf.ensure_shape(
-                cropped, [self.num_patches, self.patch_size, self.patch_size, 3])
+            image = patches.decode_image(decoded[features.IMAGE_ENCODED], self.dct_method)
+            cropped = patches.extract_patches(image, self.num_patches, self.patch_size,
+                                              is_training, pad=self.pad,
+                                              seed=seed if is_training else None)
             return cropped, self.target(decoded)
 
         return _parse
@@ -235,7 +236,7 @@ class Parser:
         any other batch by a loop over them that decodes any format."""
         k, size = self.num_patches, self.patch_size
         unroll = batch_size is not None and batch_size <= UNROLL_MAX
-        # One image's patches as a function, traced once and called (inlined) per image.
+        # One image's patches as a function, traced once and called per image.
         if is_training:
             one = tf.function(lambda image, seed: self._patches(image, True, seed, jpeg=True),
                               autograph=False)

@@ -435,3 +435,16 @@ def test_goal_line_and_the_papers_batch_match_the_issue_and_the_flagfiles():
         batch = [line.split("=", 1)[1] for line in lines if line.startswith("--batch_size=")]
         inherits = any(line.startswith("--flagfile=pipelines/paper_") for line in lines)
         assert batch == [str(benchmarks.PAPER_BATCH_SIZE)] or (inherits and not batch), path.name
+
+
+def test_train_notes_say_why_and_name_the_papers_batch():
+    cost = {"trunk": 100, "head": 3, "trunk_trainable": False, "ceiling_train_vs_trunk": 0.91}
+    assert benchmarks.train_notes(0.86, cost, 10, 8) == []                     # goal met
+    below = benchmarks.train_notes(0.84, cost, 16_864_514, 8)
+    assert "0.840x" in below[0] and "could reach 0.91x" in below[1]
+    assert "16,864,514 parameters" in below[1]
+    assert "--batch_size=32" in below[2] and "8/32" in below[2] and len(below) == 3
+    assert len(benchmarks.train_notes(0.84, cost, 10, 32)) == 2    # the paper's batch already
+    out_of_reach = dict(cost, ceiling_train_vs_trunk=0.6, trunk_trainable=True)
+    notes = benchmarks.train_notes(0.5, out_of_reach, 10, 8)
+    assert len(notes) == 2 and "cannot exceed 0.60x" in notes[1] and "trainable" in notes[1]

@@ -170,10 +170,14 @@ def test_a_batch_is_cut_into_model_calls_of_bounded_patch_pixels(pages, files, m
     # 5 files pass the header checks: calls of 2, 2 and 1; the one with the truncated file fails
     # and is retried photo by photo
     assert calls[:2] == [2, 2] and max(calls) <= 2 and sum(calls) == 5 + 2
-    assert page_lib.header_sizes([goods[0], bad["truncated.jpg"][:10], goods[1]])[1] is None
+    # one unreadable header: the others still read, each as it reads alone
+    mixed = page_lib.header_sizes([goods[0], bad["truncated.jpg"][:10], goods[1]])
+    assert mixed[1] is None
+    assert [mixed[0], mixed[2]] == page_lib.header_sizes([goods[0], goods[1]]) != [None, None]
 
 
-def test_evidence_boxes_are_the_evaluation_grid_with_each_patch_estimate(pages, files):
+def test_evidence_boxes_are_the_evaluation_grid_with_each_patch_estimate(pages, files,
+                                                                         tmp_path):
     page = pages["joint"]
     with open(files["rgb.jpg"], "rb") as f:
         data = f.read()
@@ -184,6 +188,15 @@ def test_evidence_boxes_are_the_evaluation_grid_with_each_patch_estimate(pages, 
     assert [b for b, _ in boxes] == [(x, y, x + s, y + s) for y, x, s in explanation.boxes]
     for i, (_, label) in enumerate(boxes):
         assert re.fullmatch(rf"patch {i}: \S+ s, f/\S+, ISO \d+", label), label
+    # explain's figure taken from its canvas: the pixels render writes as a PNG
+    from PIL import Image
+
+    from exif_keras.analysis import explainer
+
+    path = explainer.render(explanation, page.explainer.class_names[explanation.field],
+                            str(tmp_path / "figure.png"), "rgb.jpg")
+    with Image.open(path) as written:
+        np.testing.assert_array_equal(figure, np.asarray(written.convert("RGB")))
     binary = pages["binary"]
     (_, boxes), _, _ = binary.evidence(data)
     assert all(re.fullmatch(r"patch \d: (fast|slow) \d\.\d\d", label) for _, label in boxes)
@@ -216,6 +229,16 @@ def test_serve_command_usage_errors(capsys, tmp_path):
     assert run_main(["serve", f"--model={tmp_path / 'nothing'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert run_main(["serve", f"--model={tmp_path}", "--max_batch_size=0"]) == 2
+
+
+def test_build_sums_up_gradios_queue_less_often_unless_the_environment_says(pages,
+                                                                            monkeypatch):
+    for name in page_lib.QUEUE_SUMMARY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GRADIO_ANALYTICS_MAX_EVENTS", "50")
+    page_lib.build(pages["binary"])
+    assert os.environ["GRADIO_ANALYTICS_CACHE_FREQUENCY"] == "100"
+    assert os.environ["GRADIO_ANALYTICS_MAX_EVENTS"] == "50"
 
 
 def test_theme_uses_system_fonts_only():

@@ -114,7 +114,10 @@ def test_grid_shape():
 
 
 @pytest.mark.parametrize("height,width,k", [(375, 500, 8), (500, 375, 8), (100, 100, 4),
-                                            (91, 200, 9), (64, 77, 1), (40, 300, 5)])
+                                            (91, 200, 9), (64, 77, 1), (40, 300, 5),
+                                            # slacks that n - 1 does not divide: the second
+                                            # half's positions are mirrored, not floor(i D / g)
+                                            (375, 501, 8), (120, 333, 5)])
 def test_eval_grid_matches_reference_and_is_symmetric(height, width, k):
     image = coord_image(height, width)
     crops = patches.extract_patches(tf.constant(image), k, P, is_training=False).numpy()
